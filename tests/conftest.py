@@ -1,0 +1,177 @@
+"""Shared fixtures: rat as a real subprocess, and small socket helpers.
+
+`rat_server(*flags)` starts `python -m rat serve --port 0 *flags`, waits for
+the `listening on HOST:PORT` line and returns a `ServerProcess`.  Every server a
+test starts is stopped by PID when the test ends.  Parametrising with
+`backend` runs a test against both poller backends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+LISTENING = re.compile(rb"listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    """A running `rat serve` child process and what it wrote to stderr."""
+
+    def __init__(self, args: list[str], preexec: Callable[[], None] | None = None) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rat", "serve", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=preexec,
+        )
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self.host = "127.0.0.1"
+        self.port = 0
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self._lines.append(line)
+            m = LISTENING.search(line)
+            if m:
+                self.host, self.port = m.group(1).decode(), int(m.group(2))
+                break
+        if not self.port:
+            self.proc.kill()
+            rest = self.proc.stderr.read()
+            raise RuntimeError(f"rat did not start: {b''.join(self._lines) + rest!r}")
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._lock:
+                self._lines.append(line)
+
+    @property
+    def stderr(self) -> str:
+        with self._lock:
+            return b"".join(self._lines).decode(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until a stderr line matches `pattern` (a regex); return the match."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.stderr)
+            if m:
+                return m
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r} in:\n{self.stderr}")
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        return sock
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+
+
+@pytest.fixture(params=["epoll", "select"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Run the test once per poller backend."""
+    return str(request.param)
+
+
+@pytest.fixture
+def rat_server() -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: `rat_server("--echo", preexec=...)` starts a server on an ephemeral port."""
+    started: list[ServerProcess] = []
+
+    def start(*flags: str, preexec: Callable[[], None] | None = None) -> ServerProcess:
+        server = ServerProcess(["--host", "127.0.0.1", "--port", "0", *flags], preexec)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def recv_lines(sock: socket.socket, count: int, timeout: float = 10.0) -> list[bytes]:
+    """Read from `sock` until `count` complete lines arrived; return them (with b"\\n")."""
+    buf = bytearray()
+    lines: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(lines) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"got {len(lines)} of {count} lines before timeout")
+        sock.settimeout(left)
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise AssertionError(f"EOF after {len(lines)} of {count} lines")
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            lines.append(bytes(buf[: nl + 1]))
+            del buf[: nl + 1]
+    assert not buf or len(lines) == count, "read past the expected lines"
+    return lines
+
+
+def assert_silent(sock: socket.socket, wait: float = 0.3) -> None:
+    """Assert nothing arrives on `sock` within `wait` seconds."""
+    ready, _, _ = select.select([sock], [], [], wait)
+    if ready:
+        sock.settimeout(0.1)
+        data = sock.recv(1 << 16)
+        raise AssertionError(f"unexpected data: {data[:200]!r}")
+
+
+def sync_clients(server: ServerProcess, clients: list[socket.socket]) -> None:
+    """Make sure every client is registered with the server before a test broadcasts.
+
+    A connect() returns once the kernel completed the handshake, possibly before
+    rat accepted it.  A fresh probe client sends one line and waits until every
+    client in `clients` received it, which proves all of them were accepted.
+    """
+    probe = server.connect()
+    probe.sendall(b"__sync__\n")
+    for sock in clients:
+        assert recv_lines(sock, 1) == [b"__sync__\n"]
+    probe.close()
