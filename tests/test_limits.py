@@ -1,0 +1,604 @@
+"""Limits, failure modes and shutdown, against a real `rat serve` subprocess.
+
+Each test drives the server over loopback sockets the way a misbehaving peer
+would: an overlong line, a client that never reads, a descriptor shortage, a
+reset in the middle of a line, a signal with output still queued.  Timing bounds
+are deliberately generous: they exist to turn a hang or a busy loop into a
+failure, not to measure speed.
+
+Two kernel facts shape the floods below.  Loopback send buffers autotune: a
+server socket whose peer never reads can absorb about 3-4 MB before the server
+has to queue anything itself, so floods meant to build a real server-side
+backlog are 8 MB.  And a reader must keep up or it becomes a slow consumer too,
+so every flood is sent in lock step: one 64 KiB batch, then the reading clients
+read that batch, then the next.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from conftest import SRC, ServerProcess, assert_silent, recv_lines, sync_clients
+
+RatServer = Callable[..., ServerProcess]
+
+LINE_SIZE = 1024
+BATCH_LINES = 64
+FLOOD_BYTES = 8 * 1024 * 1024
+BIG_PENDING = str(64 * 1024 * 1024)  # keeps --max-pending out of the way
+ERR_TOO_LONG = b"ERR line too long\n"
+ERR_SLOW = b"ERR slow consumer\n"
+ERR_FULL = b"ERR server full\n"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def connect(server: ServerProcess, rcvbuf: int | None = None) -> socket.socket:
+    """Connect to `server`; a small `rcvbuf` is set before connect() so the window stays small."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect((server.host, server.port))
+    return sock
+
+
+def read_until_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
+    """Read everything until EOF (or a reset, which also ends the stream); return it."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no EOF within {timeout}s; got {len(data)} bytes")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 16)
+        except ConnectionResetError:
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+def make_lines(start: int, count: int, size: int = LINE_SIZE) -> list[bytes]:
+    """`count` numbered lines of `size` bytes each, newline included."""
+    return [b"%08d:" % i + b"x" * (size - 10) + b"\n" for i in range(start, start + count)]
+
+
+def flood(
+    sender: socket.socket,
+    readers: list[socket.socket],
+    total: int,
+    stop: Callable[[], bool] | None = None,
+) -> bytes:
+    """Send about `total` bytes of lines in lock step with `readers`; return what was sent.
+
+    Each batch is read in full by every reader before the next is sent, so a
+    reader never has more than one batch queued in the server.  Stops early when
+    `stop()` turns true (checked after each batch).
+    """
+    sent = bytearray()
+    seq = 0
+    while len(sent) < total:
+        batch = make_lines(seq, BATCH_LINES)
+        seq += BATCH_LINES
+        sender.sendall(b"".join(batch))
+        sent += b"".join(batch)
+        for reader in readers:
+            assert recv_lines(reader, BATCH_LINES) == batch
+        if stop is not None and stop():
+            break
+    return bytes(sent)
+
+
+def addr(sock: socket.socket) -> str:
+    """The client's address as the server sees and logs it."""
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def log_pattern(sock: socket.socket, reason: str) -> str:
+    """Regex for one log line naming both the client's address and `reason`."""
+    a = re.escape(addr(sock))
+    r = re.escape(reason)
+    return rf"{a}(?!\d)[^\n]*{r}|{r}[^\n]*{a}(?!\d)"
+
+
+def assert_prefix_of(received: bytes, sent: bytes, err: bytes) -> None:
+    """`received` is a prefix of `sent`, optionally followed by the `err` line."""
+    body = received[: -len(err)] if received.endswith(err) else received
+    assert sent.startswith(body), f"stream diverged after {len(body)} bytes"
+    assert len(body) < len(sent), "the dropped client received everything"
+
+
+def assert_no_traceback(server: ServerProcess) -> None:
+    assert "Traceback" not in server.stderr, server.stderr
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid`, in seconds, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def run_rat(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run `python -m rat serve ARGS` to completion (for start failures)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "rat", "serve", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def stderr_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- --max-line
+
+
+def test_overlong_line_arriving_whole(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend)
+    a, b, bad = server.connect(), server.connect(), server.connect()
+    sync_clients(server, [a, b, bad])
+
+    bad.sendall(b"a" * 65536 + b"\n")  # 65537 bytes: one over the default limit
+    assert read_until_eof(bad) == ERR_TOO_LONG
+    assert_silent(a)
+    assert_silent(b)
+
+    a.sendall(b"still chatting\n")
+    assert recv_lines(b, 1) == [b"still chatting\n"]
+    b.sendall(b"me too\n")
+    assert recv_lines(a, 1) == [b"me too\n"]
+    assert_no_traceback(server)
+
+
+def test_overlong_line_still_growing(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend)
+    a, b, bad = server.connect(), server.connect(), server.connect()
+    sync_clients(server, [a, b, bad])
+
+    # Never a newline: the server must give up on the line without waiting for its end.
+    piece = b"g" * 4096
+    for _ in range(65536 // len(piece) + 4):
+        ready, _, _ = select.select([bad], [], [], 0.02)
+        if ready:
+            break  # the server has answered: stop sending into a closing socket
+        try:
+            bad.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    assert read_until_eof(bad) == ERR_TOO_LONG
+    assert_silent(a)
+    assert_silent(b)
+
+    a.sendall(b"after the long one\n")
+    assert recv_lines(b, 1) == [b"after the long one\n"]
+    assert_no_traceback(server)
+
+
+def test_max_line_exact_boundary(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend, "--max-line", "100")
+    a, b = server.connect(), server.connect()
+    sync_clients(server, [a, b])
+
+    fits = b"f" * 99 + b"\n"  # exactly 100 bytes with its newline
+    a.sendall(fits)
+    assert recv_lines(b, 1) == [fits]
+
+    a.sendall(b"o" * 100 + b"\n")  # 101 bytes
+    assert read_until_eof(a) == ERR_TOO_LONG
+    assert_silent(b)
+
+    c = server.connect()
+    sync_clients(server, [b, c])
+    c.sendall(fits)
+    assert recv_lines(b, 1) == [fits]
+    assert_no_traceback(server)
+
+
+# ---------------------------------------------------------------- --max-pending
+
+
+@pytest.mark.slow
+def test_slow_consumer_dropped_others_get_every_line(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend, "--max-pending", "262144")
+    slow = connect(server, rcvbuf=4096)  # never reads after the sync line
+    reader, sender = server.connect(), server.connect()
+    sync_clients(server, [slow, reader])
+
+    dropped = log_pattern(slow, "slow consumer")
+    sent = flood(
+        sender,
+        [reader],
+        64 * 1024 * 1024,  # a cap; the loop stops once the drop is logged
+        stop=lambda: re.search(dropped, server.stderr) is not None,
+    )
+    assert re.search(dropped, server.stderr), f"no slow-consumer drop after {len(sent)} bytes"
+
+    # Everyone else keeps receiving every line, in order.
+    flood(sender, [reader], 16 * BATCH_LINES * LINE_SIZE)
+
+    # The dropped client gets a clean prefix of the stream (and maybe the ERR line), then EOF.
+    assert_prefix_of(read_until_eof(slow), sent, ERR_SLOW)
+    assert server.proc.poll() is None
+    assert not re.search(log_pattern(reader, "slow consumer"), server.stderr)
+    assert_no_traceback(server)
+
+
+# ---------------------------------------------------------------- --write-timeout
+
+
+@pytest.mark.slow
+def test_write_timeout_drops_stuck_client_only(rat_server: RatServer) -> None:
+    server = rat_server("--write-timeout", "1", "--max-pending", BIG_PENDING)
+    stuck = connect(server, rcvbuf=4096)
+    reader, sender = server.connect(), server.connect()
+    sync_clients(server, [stuck, reader])
+
+    # 8 MB overflows the kernel buffers of `stuck`, so the server holds output for it.
+    sent = flood(sender, [reader], FLOOD_BYTES)
+    server.wait_for_log(log_pattern(stuck, "write timeout"), timeout=15)
+    assert not re.search(log_pattern(stuck, "slow consumer"), server.stderr)
+    assert_prefix_of(read_until_eof(stuck), sent, ERR_SLOW)
+
+    # The reading client was idle for as long and is still served.
+    time.sleep(1.5)
+    sender.sendall(b"still here\n")
+    assert recv_lines(reader, 1) == [b"still here\n"]
+    assert not re.search(log_pattern(reader, "write timeout"), server.stderr)
+    assert_no_traceback(server)
+
+
+# ---------------------------------------------------------------- --max-clients
+
+
+def test_max_clients(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend, "--max-clients", "3")
+    a, b, c = server.connect(), server.connect(), server.connect()
+    # No probe client here (it would be the 4th): one line from `a` reaching b and c
+    # proves all three were accepted.
+    a.sendall(b"sync\n")
+    assert recv_lines(b, 1) == [b"sync\n"]
+    assert recv_lines(c, 1) == [b"sync\n"]
+
+    extra = server.connect()
+    assert read_until_eof(extra) == ERR_FULL
+    extra.close()
+    assert_silent(b)
+    assert_silent(c)
+
+    a.close()
+    # The server notices `a` left asynchronously: retry until a newcomer is admitted.
+    deadline = time.monotonic() + 10
+    attempt = 0
+    while True:
+        assert time.monotonic() < deadline, "no connection admitted after a client left"
+        attempt += 1
+        line = b"newcomer %d\n" % attempt
+        d = server.connect()
+        d.sendall(line)
+        ready, _, _ = select.select([b, d], [], [], 3)
+        if d in ready:  # refused again: it must be the ERR line and nothing of ours leaks
+            assert read_until_eof(d) in (ERR_FULL, b"")
+            d.close()
+            time.sleep(0.1)
+            continue
+        assert b in ready, "newcomer neither refused nor relayed"
+        assert recv_lines(b, 1) == [line]
+        assert recv_lines(c, 1) == [line]
+        break
+    c.sendall(b"welcome\n")
+    assert recv_lines(d, 1) == [b"welcome\n"]
+    assert recv_lines(b, 1) == [b"welcome\n"]
+    assert_no_traceback(server)
+
+
+# ---------------------------------------------------------------- EMFILE
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+
+@pytest.mark.slow
+def test_out_of_descriptors_no_spin_and_recovers(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend, preexec=_low_fd_limit)
+    pid = server.proc.pid
+    baseline = open_fds(pid)
+    a, b = server.connect(), server.connect()
+    sync_clients(server, [a, b])
+
+    crowd: list[socket.socket] = []
+    try:
+        for _ in range(60):  # more than the 40 descriptors the server may hold
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            rc = s.connect_ex((server.host, server.port))
+            assert rc in (0, errno.EINPROGRESS), os.strerror(rc)
+            crowd.append(s)
+        time.sleep(0.5)  # let the server run into EMFILE
+        assert server.proc.poll() is None, server.stderr
+
+        before = cpu_seconds(pid)
+        time.sleep(1.5)
+        used = cpu_seconds(pid) - before
+        assert used < 0.5, f"server burnt {used:.2f}s CPU in 1.5s while out of descriptors"
+
+        # Still serving the clients it has.
+        a.sendall(b"ping\n")
+        assert recv_lines(b, 1) == [b"ping\n"]
+    finally:
+        for s in crowd:
+            s.close()
+
+    # Once the crowd is gone the server frees their descriptors ...
+    deadline = time.monotonic() + 10
+    while open_fds(pid) > baseline + 3:
+        assert time.monotonic() < deadline, f"{open_fds(pid)} fds still open (baseline {baseline})"
+        time.sleep(0.05)
+    # ... and accepts again.
+    c = server.connect()
+    c.sendall(b"hello after EMFILE\n")
+    assert recv_lines(a, 1, timeout=10) == [b"hello after EMFILE\n"]
+    assert recv_lines(b, 1) == [b"hello after EMFILE\n"]
+    b.sendall(b"welcome back\n")
+    assert recv_lines(c, 1) == [b"welcome back\n"]
+
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert re.search(r"EMFILE|[Tt]oo many open files", server.stderr), server.stderr
+    assert_no_traceback(server)
+
+
+# ---------------------------------------------------------------- resets and half-close
+
+
+def test_reset_mid_line_leaves_others_alone(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend)
+    a, b, x = server.connect(), server.connect(), server.connect()
+    sync_clients(server, [a, b, x])
+
+    x.sendall(b"partial fragment")
+    time.sleep(0.2)  # let the server read the fragment before the reset arrives
+    x.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    x.close()  # RST
+    time.sleep(0.2)
+
+    # The fragment may be dropped or relayed as its own line, never glued to another line.
+    fragment = b"partial fragment\n"
+    a.sendall(b"after reset\n")
+    got = recv_lines(b, 1)
+    if got == [fragment]:
+        got = recv_lines(b, 1)
+    assert got == [b"after reset\n"]
+    b.sendall(b"reply\n")
+    got = recv_lines(a, 1)
+    if got == [fragment]:
+        got = recv_lines(a, 1)
+    assert got == [b"reply\n"]
+
+    c = server.connect()
+    sync_clients(server, [a, b, c])
+    assert_no_traceback(server)
+
+
+@pytest.mark.slow
+def test_reset_with_queued_output(rat_server: RatServer) -> None:
+    server = rat_server()
+    stuck = connect(server, rcvbuf=4096)
+    reader, sender = server.connect(), server.connect()
+    sync_clients(server, [stuck, reader])
+    flood(sender, [reader], 5 * 1024 * 1024)  # below 8 MiB pending: queued, not dropped
+
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stuck.close()
+    time.sleep(0.3)
+    sender.sendall(b"after reset\n")
+    assert recv_lines(reader, 1) == [b"after reset\n"]
+    c = server.connect()
+    sync_clients(server, [reader, c])
+    assert server.proc.poll() is None
+    assert_no_traceback(server)
+
+
+def test_half_closed_client_still_receives(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend)
+    a, b, h = server.connect(), server.connect(), server.connect()
+    sync_clients(server, [a, b, h])
+
+    h.sendall(b"tail")
+    h.shutdown(socket.SHUT_WR)
+    assert recv_lines(a, 1) == [b"tail\n"]  # EOF flushes the fragment with a newline
+    assert recv_lines(b, 1) == [b"tail\n"]
+
+    a.sendall(b"broadcast\n")
+    assert recv_lines(h, 1) == [b"broadcast\n"]
+    assert recv_lines(b, 1) == [b"broadcast\n"]
+    b.sendall(b"again\n")
+    assert recv_lines(h, 1) == [b"again\n"]
+    assert_no_traceback(server)
+
+
+# ---------------------------------------------------------------- stop
+
+
+@pytest.mark.slow
+def test_sigterm_flushes_backlog_and_closes_listener(rat_server: RatServer) -> None:
+    server = rat_server("--max-pending", BIG_PENDING, "--shutdown-timeout", "30")
+    receiver = connect(server, rcvbuf=16384)  # does not read until after the signal
+    witness, sender = server.connect(), server.connect()
+    sync_clients(server, [receiver, witness])
+
+    # The witness reads in lock step, so once flood() returns the server has read every
+    # byte from the sender; most of it is queued for the receiver.
+    sent = flood(sender, [witness], FLOOD_BYTES)
+    server.signal(signal.SIGTERM)
+
+    # The listener closes at once, while the flush is still waiting on the receiver.
+    deadline = time.monotonic() + 3
+    while True:
+        assert time.monotonic() < deadline, "listener still accepting 3s after SIGTERM"
+        try:
+            probe = socket.create_connection((server.host, server.port), timeout=1)
+        except ConnectionRefusedError:
+            break
+        probe.close()
+        time.sleep(0.05)
+    assert server.proc.poll() is None, "exited before flushing the receiver's backlog"
+
+    # Read slowly: small buffer, small reads, a pause now and then.
+    got = bytearray()
+    receiver.settimeout(30)
+    reads = 0
+    while True:
+        chunk = receiver.recv(8192)
+        if not chunk:
+            break
+        got += chunk
+        reads += 1
+        if reads % 64 == 0:
+            time.sleep(0.005)
+    assert len(got) == len(sent)
+    assert got == sent
+    assert read_until_eof(witness) == b""
+    assert server.wait(30) == 0
+    assert_no_traceback(server)
+
+
+def test_sigint_exits_promptly(rat_server: RatServer, backend: str) -> None:
+    server = rat_server("--backend", backend)
+    started = time.monotonic()
+    server.signal(signal.SIGINT)
+    assert server.wait(5) == 0
+    assert time.monotonic() - started < 2, "SIGINT took effect late"
+    assert_no_traceback(server)
+
+
+def test_sigterm_idle_clients_get_eof(rat_server: RatServer) -> None:
+    server = rat_server()
+    a, b = server.connect(), server.connect()
+    sync_clients(server, [a, b])
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert read_until_eof(a, timeout=5) == b""
+    assert read_until_eof(b, timeout=5) == b""
+    assert server.wait(5) == 0
+    assert time.monotonic() - started < 2
+    assert_no_traceback(server)
+
+
+@pytest.mark.slow
+def test_second_signal_during_flush_exits_at_once(rat_server: RatServer) -> None:
+    server = rat_server("--max-pending", BIG_PENDING, "--shutdown-timeout", "30")
+    stuck = connect(server, rcvbuf=4096)
+    witness, sender = server.connect(), server.connect()
+    sync_clients(server, [stuck, witness])
+    flood(sender, [witness], FLOOD_BYTES)
+
+    server.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert server.proc.poll() is None, "did not wait to flush the stuck client"
+    started = time.monotonic()
+    server.signal(signal.SIGINT)
+    server.wait(10)
+    assert time.monotonic() - started < 3, "second signal did not take effect at once"
+    assert_no_traceback(server)
+    stuck.close()
+
+
+# ---------------------------------------------------------------- start failures
+
+
+def test_port_in_use(rat_server: RatServer) -> None:
+    first = rat_server()
+    result = run_rat("--host", "127.0.0.1", "--port", str(first.port))
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert f"127.0.0.1:{first.port}" in lines[0]
+    assert "Address already in use" in lines[0]
+    assert "Traceback" not in result.stderr
+    # The first server is untouched.
+    a, b = first.connect(), first.connect()
+    sync_clients(first, [a, b])
+
+
+def test_unknown_host() -> None:
+    result = run_rat("--host", "no-such-host.invalid", "--port", "0")
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "no-such-host.invalid" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--port", "notanumber"],
+        ["--max-line", "-5"],
+        ["--backend", "bogus"],
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str]) -> None:
+    result = run_rat("--host", "127.0.0.1", *args)
+    assert result.returncode == 2, result.stderr
+    assert "usage" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- counters
+
+
+def test_counters_summary_on_exit(rat_server: RatServer) -> None:
+    server = rat_server()
+    clients = [server.connect() for _ in range(3)]
+    # Sync without a probe, so exactly 3 connections are ever accepted.
+    for i, sock in enumerate(clients):
+        sock.sendall(b"hello %d\n" % i)
+        sock.sendall(b"bye %d\n" % i)
+        for other in clients:
+            if other is not sock:
+                assert recv_lines(other, 2) == [b"hello %d\n" % i, b"bye %d\n" % i]
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+    summary = [line for line in server.stderr.splitlines() if "counters:" in line]
+    assert len(summary) == 1, server.stderr
+    line = summary[0]
+    accepted = re.search(r"accept\w*\W{0,3}(\d+)", line)
+    lines_in = re.search(r"lines?[\s_-]?in\W{0,3}(\d+)", line)
+    assert accepted, f"no accepted-connections counter in {line!r}"
+    assert lines_in, f"no lines-in counter in {line!r}"
+    assert int(accepted.group(1)) == 3, line
+    assert int(lines_in.group(1)) == 6, line
+    assert_no_traceback(server)
