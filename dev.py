@@ -19,7 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-STAMP = VENV / ".rat-installed"
 
 
 def run(*cmd: str) -> None:
@@ -35,14 +34,15 @@ def ensure_venv(extras: str) -> None:
         except subprocess.CalledProcessError:
             sys.exit("dev.py: python3 cannot create a virtual environment with pip;"
                      " on Debian/Ubuntu install it with: apt install python3-venv")
-    wanted = f"{extras}\n{(ROOT / 'pyproject.toml').stat().st_mtime_ns}"
-    if STAMP.exists() and extras in STAMP.read_text().split("\n")[0].split(","):
-        if STAMP.read_text().split("\n")[1] == wanted.split("\n")[1]:
-            return
+    # Reinstall when pyproject.toml changes (new dependencies, entry points).
+    stamp = VENV / f".installed-{extras or 'base'}"
+    wanted = str((ROOT / "pyproject.toml").stat().st_mtime_ns)
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
     spec = f".[{extras}]" if extras else "."
     run(str(BIN / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
         "-e", spec)
-    STAMP.write_text(wanted)
+    stamp.write_text(wanted)
 
 
 def main(argv: list[str]) -> int:

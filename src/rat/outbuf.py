@@ -1,0 +1,104 @@
+"""The outbound queue of one client: shared chunks in, partial sends out.
+
+A broadcast produces one immutable `bytes` block that is appended, as the
+same object, to the queue of every receiver: fan-out costs a pointer per
+client, not a copy.  The socket takes what it can (`send` may accept only part
+of it); `peek()` offers the unsent bytes as a list of buffers for one
+`sendmsg()`, and `advance(n)` drops the `n` bytes the kernel accepted.
+
+The queue owns the pending-bytes limit: `append` refuses a chunk that would
+take the queue past `limit` bytes, and the caller disconnects that client as a
+slow consumer.  Kernel socket buffers are not counted: only what waits here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+DEFAULT_MAX_PENDING = 8 * 1024 * 1024
+# sendmsg() takes at most IOV_MAX (1024 on Linux) buffers per call.
+MAX_BUFFERS_PER_SEND = 1024
+
+
+class OutBuffer:
+    """FIFO of byte chunks with a read offset into the first one."""
+
+    __slots__ = ("_chunks", "_offset", "limit", "pending")
+
+    def __init__(self, limit: int = DEFAULT_MAX_PENDING) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.pending = 0  # bytes queued and not yet accepted by the kernel
+        self._offset = 0  # bytes of _chunks[0] already sent
+        # Created on first use and dropped when drained: an idle client
+        # should cost a few bytes here, not an empty deque's ~600.
+        self._chunks: deque[bytes | memoryview] | None = None
+
+    def __bool__(self) -> bool:
+        return self.pending > 0
+
+    def append(self, chunk: bytes | memoryview) -> bool:
+        """Queue `chunk` (not copied).  False if that would pass the limit."""
+        size = self.pending + len(chunk)
+        if size > self.limit:
+            return False
+        if self._chunks is None:
+            self._chunks = deque()
+        self._chunks.append(chunk)
+        self.pending = size
+        return True
+
+    def append_final(self, chunk: bytes | memoryview) -> None:
+        """Queue a last message (an ERR line) whatever the limit says."""
+        self.limit = max(self.limit, self.pending + len(chunk))
+        self.append(chunk)
+
+    def discard_after_current(self) -> list[bytes | memoryview]:
+        """Drop everything queued except the unsent rest of a partly sent chunk.
+
+        Chunks hold whole lines, so what this returns (possibly nothing) ends
+        on a line boundary: the caller may send it followed by a last message
+        without breaking a line in two.
+        """
+        chunks, offset = self._chunks, self._offset
+        rest: list[bytes | memoryview] = []
+        if chunks and offset:
+            rest.append(memoryview(chunks[0])[offset:])
+        self._chunks = None
+        self._offset = 0
+        self.pending = 0
+        return rest
+
+    def peek(self) -> list[bytes | memoryview]:
+        """The unsent bytes as buffers for one `sendmsg` (at most IOV_MAX)."""
+        chunks = self._chunks
+        if not chunks:
+            return []
+        if len(chunks) == 1 and not self._offset:
+            return [chunks[0]]
+        out: list[bytes | memoryview] = []
+        for chunk in chunks:
+            out.append(chunk)
+            if len(out) == MAX_BUFFERS_PER_SEND:
+                break
+        if self._offset:
+            out[0] = memoryview(chunks[0])[self._offset :]
+        return out
+
+    def advance(self, sent: int) -> None:
+        """Forget the first `sent` bytes: the kernel has taken them."""
+        if sent > self.pending:
+            raise ValueError("advanced past the queued bytes")
+        self.pending -= sent
+        chunks = self._chunks
+        if chunks is None:
+            return
+        if not self.pending:
+            self._chunks = None
+            self._offset = 0
+            return
+        offset = self._offset + sent
+        while offset >= len(chunks[0]):
+            offset -= len(chunks.popleft())
+        self._offset = offset
