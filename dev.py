@@ -32,16 +32,19 @@ def ensure_venv(extras: str) -> None:
         try:
             venv.create(VENV, with_pip=True)
         except subprocess.CalledProcessError:
-            sys.exit("dev.py: python3 cannot create a virtual environment with pip;"
-                     " on Debian/Ubuntu install it with: apt install python3-venv")
+            sys.exit(
+                "dev.py: python3 cannot create a virtual environment with pip;"
+                " on Debian/Ubuntu install it with: apt install python3-venv"
+            )
     # Reinstall when pyproject.toml changes (new dependencies, entry points).
     stamp = VENV / f".installed-{extras or 'base'}"
     wanted = str((ROOT / "pyproject.toml").stat().st_mtime_ns)
     if stamp.exists() and stamp.read_text() == wanted:
         return
     spec = f".[{extras}]" if extras else "."
-    run(str(BIN / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-        "-e", spec)
+    run(
+        str(BIN / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", spec
+    )
     stamp.write_text(wanted)
 
 

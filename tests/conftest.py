@@ -40,7 +40,8 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
-            preexec_fn=preexec,
+            # Only used to lower RLIMIT_NOFILE in the child; it calls no locks.
+            preexec_fn=preexec,  # noqa: PLW1509
         )
         self._lines: list[bytes] = []
         self._lock = threading.Lock()

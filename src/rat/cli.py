@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rat import __version__
 from rat.framing import DEFAULT_MAX_LINE
@@ -41,7 +44,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
 
@@ -117,11 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="load-test a line-broadcast server (rat, or any server speaking the protocol)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    try:
-        from rat import bench as bench_module  # noqa: PLC0415  (optional part, loaded lazily)
-    except ImportError:  # pragma: no cover - the bench package ships with rat
-        bench_module = None  # type: ignore[assignment]
-    if bench_module is not None and hasattr(bench_module, "add_arguments"):
+    bench_module = _bench_module()
+    if bench_module is not None:
         bench_module.add_arguments(bench)
     return parser
 
@@ -171,6 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    from rat import bench as bench_module  # noqa: PLC0415
-
+    bench_module = _bench_module()
+    if bench_module is None:
+        print("rat: the bench command is not available in this build", file=sys.stderr)
+        return 2
     return int(bench_module.run(args))
+
+
+def _bench_module() -> Any:
+    """`rat.bench`, imported only when the CLI is built (it is not server code)."""
+    try:
+        return importlib.import_module("rat.bench")
+    except ModuleNotFoundError:
+        return None

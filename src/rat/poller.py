@@ -51,7 +51,9 @@ Event = tuple[int, int]  # (fd, READABLE|WRITABLE|HANGUP)
 
 def describe_mask(mask: int) -> str:
     """'R', 'W', 'H' letters for a mask; '-' for none (used by --trace)."""
-    letters = "".join(c for bit, c in ((READABLE, "R"), (WRITABLE, "W"), (HANGUP, "H")) if mask & bit)
+    letters = "".join(
+        c for bit, c in ((READABLE, "R"), (WRITABLE, "W"), (HANGUP, "H")) if mask & bit
+    )
     return letters or "-"
 
 
@@ -186,8 +188,11 @@ class SelectorPoller(Poller):
 
     def poll(self, timeout: float | None) -> list[Event]:
         return [
-            (key.fd, (READABLE if ev & selectors.EVENT_READ else 0)
-             | (WRITABLE if ev & selectors.EVENT_WRITE else 0))
+            (
+                key.fd,
+                (READABLE if ev & selectors.EVENT_READ else 0)
+                | (WRITABLE if ev & selectors.EVENT_WRITE else 0),
+            )
             for key, ev in self._selector.select(timeout)
         ]
 
@@ -202,8 +207,9 @@ class TracingPoller(Poller):
     otherwise.  `describe(fd)` names an fd (a client's address, "listener").
     """
 
-    def __init__(self, inner: Poller, describe: Callable[[int], str],
-                 out: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, inner: Poller, describe: Callable[[int], str], out: TextIO = sys.stderr
+    ) -> None:
         self.inner = inner
         self.name = inner.name
         self.edge_triggered = inner.edge_triggered

@@ -258,10 +258,8 @@ class Server:
         wake_fd = self._wake_r.fileno()
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         while True:
-            if self._unfinished:
-                timeout = 0.0
-            else:
-                timeout = max(0.0, next_housekeeping - time.monotonic())
+            # Clients left unfinished by the read budget need no event: don't sleep.
+            timeout = 0.0 if self._unfinished else max(0.0, next_housekeeping - time.monotonic())
             events = poll(timeout)
             stopping = self._signals > 0
             unfinished, self._unfinished = self._unfinished, []
