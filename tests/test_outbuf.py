@@ -1,0 +1,88 @@
+"""OutBuffer: queued bytes come out whole and in order, whatever the send sizes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rat.outbuf import MAX_BUFFERS_PER_SEND, OutBuffer
+
+
+def fake_send(buffers: list[bytes | memoryview], budget: int) -> bytes:
+    """What a kernel taking at most `budget` bytes of a sendmsg would take."""
+    return b"".join(bytes(b) for b in buffers)[:budget]
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=200), max_size=50),
+    st.randoms(use_true_random=False),
+)
+def test_random_partial_sends_preserve_bytes(chunks: list[bytes], rnd: random.Random) -> None:
+    buf = OutBuffer(limit=1 << 30)
+    sent = bytearray()
+    queued = bytearray()
+    pending = list(chunks)
+    while pending or buf:
+        # Interleave appends with partial sends, as the server does.
+        if pending and rnd.random() < 0.5:
+            chunk = pending.pop(0)
+            assert buf.append(chunk)
+            queued += chunk
+            continue
+        if not buf:
+            continue
+        taken = fake_send(buf.peek(), rnd.randint(0, 300))
+        buf.advance(len(taken))
+        sent += taken
+        assert buf.pending == len(queued) - len(sent)
+    assert bytes(sent) == bytes(queued)
+    assert buf.peek() == []
+
+
+def test_append_refuses_past_limit() -> None:
+    buf = OutBuffer(limit=10)
+    assert buf.append(b"12345")
+    assert buf.append(b"12345")
+    assert not buf.append(b"x")
+    assert buf.pending == 10
+    buf.append_final(b"ERR\n")
+    assert buf.pending == 14
+
+
+def test_chunks_are_shared_not_copied() -> None:
+    chunk = b"line\n" * 10
+    buf = OutBuffer()
+    buf.append(chunk)
+    assert buf.peek()[0] is chunk
+
+
+def test_peek_caps_buffers_at_iov_max() -> None:
+    buf = OutBuffer()
+    for _ in range(MAX_BUFFERS_PER_SEND + 5):
+        buf.append(b"x\n")
+    assert len(buf.peek()) == MAX_BUFFERS_PER_SEND
+    buf.advance(2 * MAX_BUFFERS_PER_SEND)
+    assert len(buf.peek()) == 5
+
+
+def test_discard_after_current_keeps_line_boundary() -> None:
+    buf = OutBuffer()
+    buf.append(b"first line\n")
+    buf.append(b"second\n")
+    buf.advance(3)
+    rest = buf.discard_after_current()
+    assert [bytes(r) for r in rest] == [b"st line\n"]
+    assert not buf
+    empty = OutBuffer()
+    empty.append(b"whole\n")
+    assert empty.discard_after_current() == []
+
+
+def test_advance_past_queue_is_a_bug() -> None:
+    buf = OutBuffer()
+    buf.append(b"ab")
+    with pytest.raises(ValueError, match="past"):
+        buf.advance(3)
