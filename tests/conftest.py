@@ -108,6 +108,10 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(5)
+        # Close our end of the stderr pipe, or its garbage collection raises a
+        # ResourceWarning that `filterwarnings = error` turns into a test error.
+        if self.proc.stderr is not None and not self._reader.is_alive():
+            self.proc.stderr.close()
 
 
 @pytest.fixture(params=["epoll", "select"])
