@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench_module = _bench_module()
-    if bench_module is not None:
+    if bench_module is not None and hasattr(bench_module, "add_arguments"):
         bench_module.add_arguments(bench)
     return parser
 
