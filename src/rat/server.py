@@ -229,6 +229,9 @@ class Server:
         self._unfinished: list[Client] = []  # read budget ran out; resume next turn
         self._doomed: list[Client] = []  # closed this turn; reap at the end of it
         self._lingering: set[Client] = set()
+        # Half-closed clients: checked for a pending socket error at each
+        # housekeeping, since a level-triggered poller stops watching them.
+        self._half_closed: set[Client] = set()
         self._blocked: set[Client] = set()  # waiting for WRITABLE
         self._accept_paused_until = 0.0  # EMFILE back-off; 0.0 when accepting
         self._accept_backoff = ACCEPT_BACKOFF_MIN
@@ -464,14 +467,25 @@ class Server:
             self._close(client, client.close_reason, logged=True)
             return
         if client.eof:
-            return  # a repeated EOF: nothing new
+            # Woken again after EOF: a hang-up (epoll reports one even with
+            # no interest).  recv() keeps returning b"" after a FIN even once
+            # a reset has arrived, so ask the socket for its error.
+            self._check_half_closed(client)
+            return
         client.eof = True
         tail = client.framer.take_partial()
         if tail:
             self.counters.lines_in += self.hub.publish(client, tail)
         log.info("eof from %s (half-closed: still receiving until it goes)", client.addr)
         _enable_keepalive(client.sock)
+        self._half_closed.add(client)
         self._update_interest(client)
+
+    def _check_half_closed(self, client: Client) -> None:
+        """Close a half-closed client whose socket has failed (reset, timeout)."""
+        err = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._close(client, _reason(OSError(err, os.strerror(err))))
 
     # ------------------------------------------------------------ fan-out
 
@@ -626,12 +640,13 @@ class Server:
             self.clients.pop(client.fd, None)
             self._blocked.discard(client)
             self._lingering.discard(client)
+            self._half_closed.discard(client)
         self._doomed.clear()
 
     # -------------------------------------------------------- housekeeping
 
     def _housekeeping(self, now: float) -> None:
-        """Timers: write timeouts, lingering rejects, resuming accept."""
+        """Timers: write timeouts, lingering rejects, dead half-closed peers, accept."""
         timeout = self.limits.write_timeout
         for client in list(self._blocked):
             if client.state == OPEN and now - client.last_progress >= timeout:
@@ -647,6 +662,9 @@ class Server:
             if now >= client.deadline:
                 log.info("disconnect %s: gave up waiting for EOF after ERR", client.addr)
                 self._close(client, client.close_reason, logged=True)
+        for client in list(self._half_closed):
+            if client.state == OPEN:
+                self._check_half_closed(client)
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._resume_accept()
             self._accept()
@@ -745,11 +763,11 @@ class Server:
 
 def _reason(err: OSError) -> str:
     """A short, stable name for why a client's socket failed."""
-    if isinstance(err, ConnectionResetError):
+    if isinstance(err, ConnectionResetError) or err.errno == errno.ECONNRESET:
         return "reset"
-    if isinstance(err, BrokenPipeError):
+    if isinstance(err, BrokenPipeError) or err.errno == errno.EPIPE:
         return "broken pipe"
-    if isinstance(err, TimeoutError):
+    if isinstance(err, TimeoutError) or err.errno == errno.ETIMEDOUT:
         return "timed out"
     return os.strerror(err.errno) if err.errno else str(err)
 
