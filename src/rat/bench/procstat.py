@@ -1,0 +1,70 @@
+"""CPU time and memory of another process (the server under test), from /proc.
+
+CPU time comes from the process's CPU-time clock (`clock_gettime` on the
+clock id Linux derives from a PID: nanoseconds, all threads, live or exited),
+or from `/proc/PID/stat` (clock ticks, usually 10 ms) where that clock cannot
+be read.  Memory is `VmRSS` (resident now) and `VmHWM` (the peak since start)
+from `/proc/PID/status`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+_CPUCLOCK_SCHED = 2  # Linux: MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+
+
+def _process_clock(pid: int) -> int:
+    return ((~pid) << 3) | _CPUCLOCK_SCHED
+
+
+def cpu_ns(pid: int) -> int:
+    """Total CPU time (user + system, all threads) used by `pid` so far, in ns."""
+    try:
+        return time.clock_gettime_ns(_process_clock(pid))
+    except (OSError, OverflowError, AttributeError):
+        pass
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """`(VmRSS, VmHWM)` of `pid` in KiB."""
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith(b"VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+@dataclass
+class Sample:
+    """One reading of the server: when, CPU so far, memory now and at peak."""
+
+    at_ns: int
+    cpu_ns: int
+    rss_kib: int
+    hwm_kib: int
+
+
+def sample(pid: int) -> Sample | None:
+    """A reading of `pid`, or None if it is gone (or not ours to read)."""
+    try:
+        at = time.monotonic_ns()
+        cpu = cpu_ns(pid)
+        rss, hwm = memory_kib(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    return Sample(at, cpu, rss, hwm)
+
+
+def self_cpu_ns() -> int:
+    """CPU time of this process (all its threads), in ns."""
+    return time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)

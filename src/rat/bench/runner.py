@@ -1,0 +1,466 @@
+"""The coordinator: plan a scenario, start the workers, pace the phases, add up.
+
+Phases (see `rat.bench.worker` for the worker's side):
+
+1. Read the server's memory (idle scenario: before anything connects).
+2. Fork the workers; each connects its share and says "ready".
+3. Connect a probe and send one sync line (Redis: PUBLISH it).  A worker says
+   "synced" once every one of its receivers got it, which proves the server
+   registered every connection before the first measured line.  (A connect()
+   returns when the kernel finished the handshake, possibly before the server
+   called accept(); and the protocol has no history.)
+4. Read the server's CPU clock, then "go" with a start time a moment ahead so
+   every worker starts together.  Idle: hold the connections first, then the
+   probe broadcasts one line.
+5. Gather "published" from every worker; send everyone the totals and a grace
+   period ("expect"); gather "result"; read the server's CPU clock again.
+
+Everything is bounded: connecting and syncing by `--setup-timeout`, the load
+by `--duration` and `--max-lines`, the drain by `--grace`.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import random
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from rat.bench.check import LatencyHistogram
+from rat.bench.procstat import Sample, sample, self_cpu_ns
+from rat.bench.wire import encode_line, make_wire, sync_line
+from rat.bench.worker import BenchError, WorkerPlan, WorkerResult, raise_nofile, worker_main
+
+GO_DELAY_NS = 50_000_000  # "go" names a start this far ahead, so workers start together
+
+
+@dataclass
+class Config:
+    """One benchmark run, as given on the command line."""
+
+    scenario: str  # chat | fanout | idle
+    host: str = "127.0.0.1"
+    port: int = 8080
+    proto: str = "line"
+    server_pid: int | None = None
+    duration: float = 3.0
+    grace: float = 3.0
+    line_size: int = 64
+    workers: int = 1
+    clients: int = 10  # chat
+    rate: float = 1000.0  # chat: total lines/s; fanout: 0 = max
+    publishers: int = 1  # fanout
+    subscribers: int = 10  # fanout
+    window: int = 256  # fanout
+    connections: int = 1000  # idle
+    hold: float = 2.0  # idle
+    max_lines: int = 0  # total cap on published lines; 0 = none
+    latency_receivers: int = -2  # -2: automatic; -1: all
+    tick_ms: float = 5.0
+    setup_timeout: float = 30.0
+    progress: bool = False
+
+
+@dataclass
+class Outcome:
+    """Everything measured in one run."""
+
+    config: Config
+    results: list[WorkerResult] = field(default_factory=list)
+    published: dict[int, int] = field(default_factory=dict)
+    connections: int = 0
+    go_ns: int = 0
+    last_tx_ns: int = 0
+    last_rx_ns: int = 0
+    server_before: Sample | None = None  # before any connection (idle) or at "go"
+    server_go: Sample | None = None
+    server_end: Sample | None = None
+    server_peak_rss_kib: int = 0
+    server_connected: Sample | None = None  # idle: all connected and synced
+    server_held: Sample | None = None  # idle: at the end of the hold
+    coordinator_cpu_ns: int = 0
+    setup_s: float = 0.0
+    generator_cpus: int = 1
+
+
+class Coordinator:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.wire = make_wire(cfg.proto, cfg.line_size)
+        self.pipes: list[Connection] = []
+        self.procs: list[Any] = []
+        self.outcome = Outcome(cfg)
+        self.progress: dict[int, tuple[int, int]] = {}
+        self.next_sample = 0.0
+        self.progress_shown = False
+
+    # -- planning --------------------------------------------------------------
+
+    def plans(self, nonce: int) -> list[WorkerPlan]:
+        cfg = self.cfg
+        clients: list[tuple[int, bool, bool]]
+        rate = 0.0
+        if cfg.scenario == "chat":
+            clients = [(i + 1, True, True) for i in range(cfg.clients)]
+            rate = cfg.rate / cfg.clients
+        elif cfg.scenario == "fanout":
+            clients = [(i + 1, True, False) for i in range(cfg.publishers)]
+            clients += [(0, False, True)] * cfg.subscribers
+            rate = cfg.rate / cfg.publishers if cfg.rate > 0 else 0.0
+        else:
+            clients = [(0, False, True)] * cfg.connections
+        publishers = sum(1 for c in clients if c[1])
+        workers = max(1, min(cfg.workers, len(clients)))
+        shares: list[list[tuple[int, bool, bool]]] = [[] for _ in range(workers)]
+        for i, c in enumerate(clients):
+            shares[i % workers].append(c)
+        per_pub = 10**9
+        if cfg.max_lines > 0 and publishers:
+            per_pub = max(1, cfg.max_lines // publishers)
+        lat = cfg.latency_receivers
+        if lat == -2:  # automatic: keep timed deliveries near 500k/s at most
+            receivers = sum(1 for c in clients if c[2]) + (1 if cfg.scenario == "chat" else 0)
+            if cfg.scenario == "chat":
+                lat = -1 if cfg.rate * receivers <= 500_000 else max(8, int(500_000 / cfg.rate))
+            elif cfg.scenario == "fanout":
+                lat = 8
+            else:
+                lat = -1
+        per_worker = lat if lat < 0 else max(1, math.ceil(lat / workers))
+        return [
+            WorkerPlan(
+                index=i,
+                host=cfg.host,
+                port=cfg.port,
+                proto=cfg.proto,
+                line_size=cfg.line_size,
+                sync_nonce=nonce,
+                clients=share,
+                reference=cfg.scenario != "idle" and any(c[2] for c in share),
+                rate_per_publisher=rate,
+                window=cfg.window,
+                max_lines_per_publisher=per_pub,
+                latency_receivers=per_worker,
+                tick_ns=int(cfg.tick_ms * 1e6),
+                connect_timeout=cfg.setup_timeout,
+            )
+            for i, share in enumerate(shares)
+        ]
+
+    # -- talking to workers ------------------------------------------------------
+
+    def start_workers(self, plans: list[WorkerPlan]) -> None:
+        # fork: the workers need nothing re-imported, and the coordinator has no threads.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        ctx: Any = multiprocessing.get_context(method)
+        for plan in plans:
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(plan, theirs), daemon=True)
+            proc.start()
+            theirs.close()
+            self.pipes.append(ours)
+            self.procs.append(proc)
+
+    def gather(self, kind: str, deadline: float) -> list[tuple[Any, ...]]:
+        """One `kind` message from every worker (progress handled on the way)."""
+        got: dict[int, tuple[Any, ...]] = {}
+        while len(got) < len(self.pipes):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"timed out waiting for workers ({kind})")
+            for conn in wait(self.pipes, timeout=min(left, 0.1)):
+                assert isinstance(conn, Connection)
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    raise BenchError("a worker process died") from None
+                if msg[0] == "error":
+                    raise BenchError(msg[2])
+                if msg[0] == "progress":
+                    self.progress[msg[1]] = (msg[2], msg[3])
+                elif msg[0] == kind:
+                    got[msg[1]] = msg
+            self.tick()
+        return [got[i] for i in sorted(got)]
+
+    def broadcast(self, *msg: Any) -> None:
+        for conn in self.pipes:
+            conn.send(msg)
+
+    def tick(self) -> None:
+        """Sample the server's memory peak; redraw the progress line."""
+        now = time.monotonic()
+        if now < self.next_sample:
+            return
+        self.next_sample = now + 0.1
+        pid = self.cfg.server_pid
+        if pid:
+            s = sample(pid)
+            if s is not None:
+                self.outcome.server_peak_rss_kib = max(self.outcome.server_peak_rss_kib, s.rss_kib)
+        if self.cfg.progress and self.progress:
+            pub = sum(p for p, _ in self.progress.values())
+            got = sum(d for _, d in self.progress.values())
+            el = (time.monotonic_ns() - self.outcome.go_ns) / 1e9 if self.outcome.go_ns else 0.0
+            sys.stderr.write(
+                f"\r  {self.cfg.scenario}: {max(el, 0):5.1f} s  published {pub:>12,}"
+                f"  delivered {got:>14,}  "
+            )
+            sys.stderr.flush()
+            self.progress_shown = True
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            # keep reading progress messages so no pipe fills up
+            for conn in wait(self.pipes, timeout=min(0.05, max(0.0, end - time.monotonic()))):
+                assert isinstance(conn, Connection)
+                msg = conn.recv()
+                if msg[0] == "error":
+                    raise BenchError(msg[2])
+                if msg[0] == "progress":
+                    self.progress[msg[1]] = (msg[2], msg[3])
+            self.tick()
+
+    # -- the run ------------------------------------------------------------------
+
+    def probe(self) -> socket.socket:
+        sock = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def run(self) -> Outcome:
+        cfg, out = self.cfg, self.outcome
+        raise_nofile()
+        cpu0 = self_cpu_ns()
+        t_setup = time.monotonic()
+        pid = cfg.server_pid
+        out.server_before = sample(pid) if pid else None
+        out.generator_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        nonce = random.randrange(1, 1 << 60)
+        plans = self.plans(nonce)
+        self.start_workers(plans)
+        probe: socket.socket | None = None
+        try:
+            setup_deadline = time.monotonic() + cfg.setup_timeout + 5
+            ready = self.gather("ready", setup_deadline)
+            out.connections = sum(int(m[2]) for m in ready) + 1
+            probe = self.probe()
+            probe.sendall(self.wire.publish([sync_line(nonce, cfg.line_size)]))
+            self.gather("synced", setup_deadline)
+            out.setup_s = time.monotonic() - t_setup
+            if cfg.scenario == "idle":
+                out.server_connected = sample(pid) if pid else None
+                self.sleep(cfg.hold)
+                out.server_held = sample(pid) if pid else None
+            elif not self.wire.split_connections:
+                # The probe would receive every line from now on: it leaves.
+                probe.close()
+                probe = None
+            out.server_go = sample(pid) if pid else None
+            out.go_ns = time.monotonic_ns() + GO_DELAY_NS
+            end_ns = out.go_ns + int(cfg.duration * 1e9) if cfg.scenario != "idle" else out.go_ns
+            self.broadcast("go", out.go_ns, end_ns)
+            limit = time.monotonic() + cfg.duration + cfg.setup_timeout + 10
+            published: dict[int, int] = {}
+            for msg in self.gather("published", limit):
+                published.update(msg[2])
+                out.last_tx_ns = max(out.last_tx_ns, int(msg[3]))
+            if cfg.scenario == "idle":
+                assert probe is not None
+                while time.monotonic_ns() < out.go_ns:
+                    time.sleep(0.001)
+                stamp = time.monotonic_ns()
+                probe.sendall(self.wire.publish([encode_line(0, 0, stamp, cfg.line_size)]))
+                out.last_tx_ns = stamp
+                published[0] = 1
+            out.published = published
+            self.broadcast("expect", published, cfg.grace)
+            results = self.gather("result", time.monotonic() + cfg.grace + cfg.setup_timeout + 10)
+            out.server_end = sample(pid) if pid else None
+            out.results = [m[2] for m in results]
+            out.last_rx_ns = max((r.last_rx_ns for r in out.results), default=0)
+        finally:
+            if probe is not None:
+                probe.close()
+            self.stop_workers()
+            if self.progress_shown:
+                sys.stderr.write("\r" + " " * 78 + "\r")
+                sys.stderr.flush()
+        out.coordinator_cpu_ns = self_cpu_ns() - cpu0
+        if out.server_end is not None:
+            out.server_peak_rss_kib = max(out.server_peak_rss_kib, out.server_end.rss_kib)
+        return out
+
+    def stop_workers(self) -> None:
+        for conn in self.pipes:
+            try:
+                conn.send(("abort",))
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for conn in self.pipes:
+            conn.close()
+
+
+def run_bench(cfg: Config) -> Outcome:
+    return Coordinator(cfg).run()
+
+
+def summarize(out: Outcome) -> dict[str, Any]:
+    """The run as plain data (what `--json` prints; the table is made from it)."""
+    cfg = out.config
+    res = out.results
+    total = {
+        k: sum(getattr(r, k) for r in res)
+        for k in (
+            "receivers",
+            "delivered",
+            "expected",
+            "lost",
+            "reordered",
+            "duplicated",
+            "malformed",
+            "echoed",
+            "unexpected",
+            "disconnected",
+            "publisher_errors",
+            "skipped",
+            "slow_path_receivers",
+            "latency_receivers",
+            "cpu_ns",
+        )
+    }
+    hist = LatencyHistogram()
+    for r in res:
+        hist.merge(r.latency)
+    p50, p99, p999, pmax = hist.percentiles([0.5, 0.99, 0.999, 1.0])
+    published = sum(out.published.values())
+    tx_s = max(1e-9, (out.last_tx_ns - out.go_ns) / 1e9) if out.last_tx_ns else cfg.duration
+    rx_s = max(1e-9, (out.last_rx_ns - out.go_ns) / 1e9) if out.last_rx_ns else 0.0
+    wall_s = max(tx_s, rx_s)
+    gen_cpu_s = (total["cpu_ns"] + out.coordinator_cpu_ns) / 1e9
+    capacity = max(1, min(out.generator_cpus, len(res)))
+    gen_share = gen_cpu_s / wall_s / capacity if wall_s > 0 else 0.0
+    worker_busy = max((r.cpu_ns / 1e9 / wall_s for r in res), default=0.0) if wall_s > 0 else 0.0
+    summary: dict[str, Any] = {
+        "scenario": cfg.scenario,
+        "proto": cfg.proto,
+        "server": f"{cfg.host}:{cfg.port}",
+        "params": {
+            "line_size": cfg.line_size,
+            "duration_s": cfg.duration,
+            "workers": len(res),
+            **(
+                {"clients": cfg.clients, "rate": cfg.rate}
+                if cfg.scenario == "chat"
+                else {
+                    "publishers": cfg.publishers,
+                    "subscribers": cfg.subscribers,
+                    "window": cfg.window,
+                    "rate": cfg.rate or "max",
+                }
+                if cfg.scenario == "fanout"
+                else {"connections": cfg.connections, "hold_s": cfg.hold}
+            ),
+        },
+        "connections": out.connections,
+        "setup_s": round(out.setup_s, 3),
+        "published": published,
+        "published_per_s": round(published / tx_s, 1) if cfg.scenario != "idle" else None,
+        "delivered": total["delivered"],
+        "expected": total["expected"],
+        "delivered_per_s": round(total["delivered"] / rx_s, 1) if rx_s else 0.0,
+        "receive_window_s": round(rx_s, 4),
+        "latency_us": {"p50": p50, "p99": p99, "p99.9": p999, "max": pmax},
+        "latency_samples": hist.total,
+        "latency_receivers": total["latency_receivers"],
+        "lost": total["lost"],
+        "reordered": total["reordered"],
+        "duplicated": total["duplicated"],
+        "malformed": total["malformed"] + total["unexpected"],
+        "echoed": total["echoed"],
+        "disconnected": total["disconnected"],
+        "publisher_errors": total["publisher_errors"],
+        "skipped_lines": total["skipped"],
+        "slow_path_receivers": total["slow_path_receivers"],
+        "complete": all(r.complete for r in res),
+        "generator": {
+            "processes": len(res),
+            "cpus": out.generator_cpus,
+            "cpu_s": round(gen_cpu_s, 4),
+            "busy": round(gen_share, 3),
+            "busiest_process": round(worker_busy, 3),
+        },
+        "server_metrics": None,
+    }
+    if cfg.scenario == "chat" and cfg.rate > 0:
+        summary["target_rate"] = cfg.rate
+    if out.server_go and out.server_end:
+        cpu_ns = out.server_end.cpu_ns - out.server_go.cpu_ns
+        base = out.server_before
+        server: dict[str, Any] = {
+            "pid": cfg.server_pid,
+            "cpu_s": round(cpu_ns / 1e9, 4),
+            "cpu_busy": round(cpu_ns / 1e9 / wall_s, 3) if wall_s else None,
+            "ns_per_delivered": round(cpu_ns / total["delivered"], 1)
+            if total["delivered"]
+            else None,
+            "rss_kib_before": base.rss_kib if base else None,
+            "rss_kib_go": out.server_go.rss_kib,
+            "rss_kib_end": out.server_end.rss_kib,
+            "rss_kib_peak": max(out.server_peak_rss_kib, out.server_end.rss_kib),
+            "hwm_kib": out.server_end.hwm_kib,
+        }
+        if cfg.scenario == "idle" and base and out.server_held and out.server_connected:
+            conns = max(1, cfg.connections)
+            server["rss_kib_connected"] = out.server_connected.rss_kib
+            server["rss_kib_held"] = out.server_held.rss_kib
+            server["rss_growth_kib_per_conn"] = round(
+                (out.server_held.rss_kib - base.rss_kib) / conns, 3
+            )
+        summary["server_metrics"] = server
+    summary["anomalies"] = sum(
+        summary[k] for k in ("lost", "reordered", "duplicated", "malformed", "echoed")
+    )
+    verdict = []
+    busy = summary["generator"]["busy"]
+    if busy >= 0.85 or worker_busy >= 0.9:
+        verdict.append("GENERATOR-BOUND: the generator, not the server, limited this run")
+    sm = summary["server_metrics"]
+    if sm and sm["cpu_busy"] is not None and sm["cpu_busy"] >= 0.9:
+        verdict.append("server-bound: the server used a whole CPU")
+    if cfg.scenario == "chat" and published < 0.97 * cfg.rate * cfg.duration and not cfg.max_lines:
+        verdict.append("publishers fell behind the target rate")
+    if not verdict:
+        verdict.append("neither side saturated")
+    summary["verdict"] = verdict
+    return summary
+
+
+def progress_enabled(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    return sys.stderr.isatty()
+
+
+def run_and_summarize(cfg: Config, on_error: Callable[[str], None]) -> dict[str, Any] | None:
+    try:
+        return summarize(run_bench(cfg))
+    except BenchError as err:
+        on_error(str(err))
+        return None
+    except OSError as err:
+        on_error(f"cannot reach {cfg.host}:{cfg.port}: {err.strerror or err}")
+        return None
