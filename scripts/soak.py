@@ -371,7 +371,7 @@ class Server:
             "--write-timeout",
             str(write_timeout),
             "--log-level",
-            "INFO",
+            "info",
         ]
         self.proc = subprocess.Popen(
             args,

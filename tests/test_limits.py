@@ -26,8 +26,9 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -46,10 +47,21 @@ ERR_FULL = b"ERR server full\n"
 
 # ---------------------------------------------------------------- helpers
 
+_opened: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    """Close every client socket a test opened (unclosed sockets are warnings, i.e. errors)."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
 
 def connect(server: ServerProcess, rcvbuf: int | None = None) -> socket.socket:
     """Connect to `server`; a small `rcvbuf` is set before connect() so the window stays small."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    _opened.append(sock)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(10)
@@ -104,6 +116,56 @@ def flood(
         if stop is not None and stop():
             break
     return bytes(sent)
+
+
+class Drain(threading.Thread):
+    """Read a socket as fast as possible until EOF or reset; keep (or count) the bytes."""
+
+    def __init__(self, sock: socket.socket, keep: bool = True) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.keep = keep
+        self.data = bytearray()
+        self.count = 0
+        self.ended = threading.Event()
+
+    def run(self) -> None:
+        buf = bytearray(1 << 20)
+        self.sock.settimeout(60)
+        try:
+            while n := self.sock.recv_into(buf):
+                self.count += n
+                if self.keep:
+                    self.data += buf[:n]
+        except OSError:
+            pass
+        self.ended.set()
+
+
+class Flooder(threading.Thread):
+    """Send whole lines until stopped: flat out, or one 64 KiB batch per `pause` seconds."""
+
+    def __init__(self, sock: socket.socket, pause: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.pause = pause
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        batch = b"".join(make_lines(0, BATCH_LINES))
+        try:
+            while not self.stop.is_set():
+                self.sock.sendall(batch)
+                self.sent += len(batch)
+                if self.pause:
+                    time.sleep(self.pause)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(10)
 
 
 def addr(sock: socket.socket) -> str:
@@ -166,7 +228,7 @@ def stderr_lines(text: str) -> list[str]:
 
 def test_overlong_line_arriving_whole(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend)
-    a, b, bad = server.connect(), server.connect(), server.connect()
+    a, b, bad = connect(server), connect(server), connect(server)
     sync_clients(server, [a, b, bad])
 
     bad.sendall(b"a" * 65536 + b"\n")  # 65537 bytes: one over the default limit
@@ -183,7 +245,7 @@ def test_overlong_line_arriving_whole(rat_server: RatServer, backend: str) -> No
 
 def test_overlong_line_still_growing(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend)
-    a, b, bad = server.connect(), server.connect(), server.connect()
+    a, b, bad = connect(server), connect(server), connect(server)
     sync_clients(server, [a, b, bad])
 
     # Never a newline: the server must give up on the line without waiting for its end.
@@ -207,7 +269,7 @@ def test_overlong_line_still_growing(rat_server: RatServer, backend: str) -> Non
 
 def test_max_line_exact_boundary(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend, "--max-line", "100")
-    a, b = server.connect(), server.connect()
+    a, b = connect(server), connect(server)
     sync_clients(server, [a, b])
 
     fits = b"f" * 99 + b"\n"  # exactly 100 bytes with its newline
@@ -218,7 +280,7 @@ def test_max_line_exact_boundary(rat_server: RatServer, backend: str) -> None:
     assert read_until_eof(a) == ERR_TOO_LONG
     assert_silent(b)
 
-    c = server.connect()
+    c = connect(server)
     sync_clients(server, [b, c])
     c.sendall(fits)
     assert recv_lines(b, 1) == [fits]
@@ -232,7 +294,7 @@ def test_max_line_exact_boundary(rat_server: RatServer, backend: str) -> None:
 def test_slow_consumer_dropped_others_get_every_line(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend, "--max-pending", "262144")
     slow = connect(server, rcvbuf=4096)  # never reads after the sync line
-    reader, sender = server.connect(), server.connect()
+    reader, sender = connect(server), connect(server)
     sync_clients(server, [slow, reader])
 
     dropped = log_pattern(slow, "slow consumer")
@@ -254,6 +316,24 @@ def test_slow_consumer_dropped_others_get_every_line(rat_server: RatServer, back
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
+def test_fast_reader_survives_an_unthrottled_sender(rat_server: RatServer) -> None:
+    """A client that reads as fast as it can is no slow consumer, however fast others send."""
+    server = rat_server()  # default --max-pending, 8 MiB
+    reader, sender = connect(server), connect(server)
+    sync_clients(server, [reader])
+    drain = Drain(reader, keep=False)
+    drain.start()
+    flooder = Flooder(sender)
+    flooder.start()
+    time.sleep(2.0)
+    flooder.finish()
+    assert not drain.ended.is_set(), f"reader was disconnected:\n{server.stderr}"
+    assert not re.search(log_pattern(reader, "slow consumer"), server.stderr), server.stderr
+    assert drain.count > 0
+    assert_no_traceback(server)
+
+
 # ---------------------------------------------------------------- --write-timeout
 
 
@@ -261,7 +341,7 @@ def test_slow_consumer_dropped_others_get_every_line(rat_server: RatServer, back
 def test_write_timeout_drops_stuck_client_only(rat_server: RatServer) -> None:
     server = rat_server("--write-timeout", "1", "--max-pending", BIG_PENDING)
     stuck = connect(server, rcvbuf=4096)
-    reader, sender = server.connect(), server.connect()
+    reader, sender = connect(server), connect(server)
     sync_clients(server, [stuck, reader])
 
     # 8 MB overflows the kernel buffers of `stuck`, so the server holds output for it.
@@ -283,28 +363,32 @@ def test_write_timeout_drops_stuck_client_only(rat_server: RatServer) -> None:
 
 def test_max_clients(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend, "--max-clients", "3")
-    a, b, c = server.connect(), server.connect(), server.connect()
+    a, b, c = connect(server), connect(server), connect(server)
     # No probe client here (it would be the 4th): one line from `a` reaching b and c
     # proves all three were accepted.
     a.sendall(b"sync\n")
     assert recv_lines(b, 1) == [b"sync\n"]
     assert recv_lines(c, 1) == [b"sync\n"]
 
-    extra = server.connect()
+    extra = connect(server)
     assert read_until_eof(extra) == ERR_FULL
     extra.close()
     assert_silent(b)
     assert_silent(c)
 
     a.close()
-    # The server notices `a` left asynchronously: retry until a newcomer is admitted.
+    # A FIN looks like a half-close (SPEC: a half-closed client still receives), so the
+    # server learns that `a` is gone when a broadcast to it is answered with a reset.
+    b.sendall(b"nudge\n")
+    assert recv_lines(c, 1) == [b"nudge\n"]
+    # That happens asynchronously: retry until a newcomer is admitted.
     deadline = time.monotonic() + 10
     attempt = 0
     while True:
         assert time.monotonic() < deadline, "no connection admitted after a client left"
         attempt += 1
         line = b"newcomer %d\n" % attempt
-        d = server.connect()
+        d = connect(server)
         d.sendall(line)
         ready, _, _ = select.select([b, d], [], [], 3)
         if d in ready:  # refused again: it must be the ERR line and nothing of ours leaks
@@ -334,13 +418,14 @@ def test_out_of_descriptors_no_spin_and_recovers(rat_server: RatServer, backend:
     server = rat_server("--backend", backend, preexec=_low_fd_limit)
     pid = server.proc.pid
     baseline = open_fds(pid)
-    a, b = server.connect(), server.connect()
+    a, b = connect(server), connect(server)
     sync_clients(server, [a, b])
 
     crowd: list[socket.socket] = []
     try:
         for _ in range(60):  # more than the 40 descriptors the server may hold
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            _opened.append(s)
             s.setblocking(False)
             rc = s.connect_ex((server.host, server.port))
             assert rc in (0, errno.EINPROGRESS), os.strerror(rc)
@@ -360,13 +445,17 @@ def test_out_of_descriptors_no_spin_and_recovers(rat_server: RatServer, backend:
         for s in crowd:
             s.close()
 
-    # Once the crowd is gone the server frees their descriptors ...
+    # Once the crowd is gone the server frees their descriptors.  A FIN looks like a
+    # half-close, so each departed client is noticed when a broadcast to it is answered
+    # with a reset: keep the traffic going.
     deadline = time.monotonic() + 10
     while open_fds(pid) > baseline + 3:
         assert time.monotonic() < deadline, f"{open_fds(pid)} fds still open (baseline {baseline})"
+        a.sendall(b"nudge\n")
+        assert recv_lines(b, 1) == [b"nudge\n"]
         time.sleep(0.05)
     # ... and accepts again.
-    c = server.connect()
+    c = connect(server)
     c.sendall(b"hello after EMFILE\n")
     assert recv_lines(a, 1, timeout=10) == [b"hello after EMFILE\n"]
     assert recv_lines(b, 1) == [b"hello after EMFILE\n"]
@@ -384,7 +473,7 @@ def test_out_of_descriptors_no_spin_and_recovers(rat_server: RatServer, backend:
 
 def test_reset_mid_line_leaves_others_alone(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend)
-    a, b, x = server.connect(), server.connect(), server.connect()
+    a, b, x = connect(server), connect(server), connect(server)
     sync_clients(server, [a, b, x])
 
     x.sendall(b"partial fragment")
@@ -406,7 +495,7 @@ def test_reset_mid_line_leaves_others_alone(rat_server: RatServer, backend: str)
         got = recv_lines(a, 1)
     assert got == [b"reply\n"]
 
-    c = server.connect()
+    c = connect(server)
     sync_clients(server, [a, b, c])
     assert_no_traceback(server)
 
@@ -415,7 +504,7 @@ def test_reset_mid_line_leaves_others_alone(rat_server: RatServer, backend: str)
 def test_reset_with_queued_output(rat_server: RatServer) -> None:
     server = rat_server()
     stuck = connect(server, rcvbuf=4096)
-    reader, sender = server.connect(), server.connect()
+    reader, sender = connect(server), connect(server)
     sync_clients(server, [stuck, reader])
     flood(sender, [reader], 5 * 1024 * 1024)  # below 8 MiB pending: queued, not dropped
 
@@ -424,7 +513,7 @@ def test_reset_with_queued_output(rat_server: RatServer) -> None:
     time.sleep(0.3)
     sender.sendall(b"after reset\n")
     assert recv_lines(reader, 1) == [b"after reset\n"]
-    c = server.connect()
+    c = connect(server)
     sync_clients(server, [reader, c])
     assert server.proc.poll() is None
     assert_no_traceback(server)
@@ -432,7 +521,7 @@ def test_reset_with_queued_output(rat_server: RatServer) -> None:
 
 def test_half_closed_client_still_receives(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend)
-    a, b, h = server.connect(), server.connect(), server.connect()
+    a, b, h = connect(server), connect(server), connect(server)
     sync_clients(server, [a, b, h])
 
     h.sendall(b"tail")
@@ -455,7 +544,7 @@ def test_half_closed_client_still_receives(rat_server: RatServer, backend: str) 
 def test_sigterm_flushes_backlog_and_closes_listener(rat_server: RatServer) -> None:
     server = rat_server("--max-pending", BIG_PENDING, "--shutdown-timeout", "30")
     receiver = connect(server, rcvbuf=16384)  # does not read until after the signal
-    witness, sender = server.connect(), server.connect()
+    witness, sender = connect(server), connect(server)
     sync_clients(server, [receiver, witness])
 
     # The witness reads in lock step, so once flood() returns the server has read every
@@ -473,7 +562,7 @@ def test_sigterm_flushes_backlog_and_closes_listener(rat_server: RatServer) -> N
             break
         probe.close()
         time.sleep(0.05)
-    assert server.proc.poll() is None, "exited before flushing the receiver's backlog"
+    assert server.proc.poll() is None, f"exited before flushing the backlog:\n{server.stderr}"
 
     # Read slowly: small buffer, small reads, a pause now and then.
     got = bytearray()
@@ -494,6 +583,33 @@ def test_sigterm_flushes_backlog_and_closes_listener(rat_server: RatServer) -> N
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
+def test_sigterm_while_busy_still_flushes(rat_server: RatServer) -> None:
+    """The signal lands while the server is relaying: the flush still happens in full."""
+    server = rat_server("--max-pending", BIG_PENDING, "--shutdown-timeout", "30")
+    receiver = connect(server)  # does not read until after the signal
+    witness, sender = connect(server), connect(server)
+    sync_clients(server, [receiver, witness])
+    drain = Drain(witness)
+    drain.start()
+    flooder = Flooder(sender, pause=0.002)  # about 30 MB/s: busy, not overwhelmed
+    flooder.start()
+    time.sleep(0.5)
+
+    server.signal(signal.SIGTERM)  # the sender keeps sending through the signal
+    time.sleep(0.5)
+    flooder.finish()
+    assert server.proc.poll() is None, f"exited with output still queued:\n{server.stderr}"
+
+    got = read_until_eof(receiver, timeout=30)
+    assert drain.ended.wait(10), "witness not closed"
+    assert server.wait(30) == 0
+    # Both received the same broadcast: the receiver's backlog was flushed in full.
+    assert len(got) == len(drain.data)
+    assert got == drain.data
+    assert_no_traceback(server)
+
+
 def test_sigint_exits_promptly(rat_server: RatServer, backend: str) -> None:
     server = rat_server("--backend", backend)
     started = time.monotonic()
@@ -505,7 +621,7 @@ def test_sigint_exits_promptly(rat_server: RatServer, backend: str) -> None:
 
 def test_sigterm_idle_clients_get_eof(rat_server: RatServer) -> None:
     server = rat_server()
-    a, b = server.connect(), server.connect()
+    a, b = connect(server), connect(server)
     sync_clients(server, [a, b])
     started = time.monotonic()
     server.signal(signal.SIGTERM)
@@ -520,7 +636,7 @@ def test_sigterm_idle_clients_get_eof(rat_server: RatServer) -> None:
 def test_second_signal_during_flush_exits_at_once(rat_server: RatServer) -> None:
     server = rat_server("--max-pending", BIG_PENDING, "--shutdown-timeout", "30")
     stuck = connect(server, rcvbuf=4096)
-    witness, sender = server.connect(), server.connect()
+    witness, sender = connect(server), connect(server)
     sync_clients(server, [stuck, witness])
     flood(sender, [witness], FLOOD_BYTES)
 
@@ -548,7 +664,7 @@ def test_port_in_use(rat_server: RatServer) -> None:
     assert "Address already in use" in lines[0]
     assert "Traceback" not in result.stderr
     # The first server is untouched.
-    a, b = first.connect(), first.connect()
+    a, b = connect(first), connect(first)
     sync_clients(first, [a, b])
 
 
@@ -581,7 +697,7 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
 
 def test_counters_summary_on_exit(rat_server: RatServer) -> None:
     server = rat_server()
-    clients = [server.connect() for _ in range(3)]
+    clients = [connect(server) for _ in range(3)]
     # Sync without a probe, so exactly 3 connections are ever accepted.
     for i, sock in enumerate(clients):
         sock.sendall(b"hello %d\n" % i)
