@@ -164,8 +164,12 @@ class Flooder(threading.Thread):
             pass
 
     def finish(self) -> None:
+        """Stop sending; a sendall blocked on a server that stopped reading is cut short."""
         self.stop.set()
-        self.join(10)
+        self.join(0.5)
+        if self.is_alive():
+            self.sock.shutdown(socket.SHUT_WR)
+            self.join(10)
 
 
 def addr(sock: socket.socket) -> str:
