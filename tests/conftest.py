@@ -176,7 +176,10 @@ def sync_clients(server: ServerProcess, clients: list[socket.socket]) -> None:
     client in `clients` received it, which proves all of them were accepted.
     """
     probe = server.connect()
-    probe.sendall(b"__sync__\n")
-    for sock in clients:
-        assert recv_lines(sock, 1) == [b"__sync__\n"]
-    probe.close()
+    try:
+        probe.sendall(b"__sync__\n")
+        for sock in clients:
+            assert recv_lines(sock, 1) == [b"__sync__\n"]
+    finally:
+        # Also on failure: an unclosed socket's ResourceWarning would bury it.
+        probe.close()

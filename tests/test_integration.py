@@ -13,6 +13,7 @@ import random
 import re
 import resource
 import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -380,9 +381,11 @@ def test_slow_reader_with_tiny_receive_buffer_gets_every_byte_in_order(
     sender = clients.connect(server)
     sync_clients(server, [slow, sender])
 
-    # 3 MiB: far more than the slow reader's socket can hold, well under the
-    # default --max-pending of 8 MiB, so the server must queue and send partially.
-    data = bulk_lines(3 << 20, seed=7)
+    # 6 MiB: more than the kernel buffers on both ends hold (Linux caps an
+    # autotuned send buffer at tcp_wmem[2], 4 MiB by default, about half of it
+    # data), yet under the default --max-pending of 8 MiB even if the kernel
+    # held nothing; so the server must queue and send partially, many times.
+    data = bulk_lines(6 << 20, seed=7)
     with ThreadPoolExecutor(max_workers=1) as pool:
         sending = pool.submit(sender.sendall, data)
         time.sleep(0.3)  # let the server's queue for `slow` build up
@@ -505,6 +508,33 @@ def test_reset_client_does_not_disturb_others(
     assert recv_lines(a, 1) == [b"from a newcomer\n"]
     assert recv_lines(b, 1) == [b"from a newcomer\n"]
     assert server.proc.poll() is None
+
+
+def test_client_accepted_right_after_a_reset_is_kept(
+    rat_server: StartServer, backend: str, clients: Clients
+) -> None:
+    """A reset and a new connection reported in the same poll must not collide.
+
+    The server is frozen (SIGSTOP) while one client resets and another
+    connects, so one poll returns both: the reset client's descriptor is
+    closed, and accept() hands the very same number to the newcomer.
+    """
+    server = start(rat_server, backend)
+    a = clients.connect(server)
+    rude = clients.connect(server)
+    sync_clients(server, [a, rude])
+
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        reset(rude)
+        newcomer = clients.connect(server)  # completes in the listen backlog
+        time.sleep(0.1)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+    sync_clients(server, [a, newcomer])
+    a.sendall(b"welcome\n")
+    assert recv_lines(newcomer, 1) == [b"welcome\n"]
 
 
 def test_half_closed_client_still_receives(
