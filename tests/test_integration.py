@@ -320,10 +320,20 @@ def parse_numbered(line: bytes) -> tuple[int, int]:
     return sender, seq
 
 
+def parse_order(lines: list[bytes]) -> list[tuple[int, int]]:
+    """(sender, seq) of each line; each sender's lines must come in the order sent."""
+    order = [parse_numbered(line) for line in lines]
+    for sender in {who for who, _ in order}:
+        seqs = [seq for who, seq in order if who == sender]
+        assert seqs == list(range(LINES_PER_SENDER)), f"sender {sender}'s lines out of order"
+    return order
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["no-echo", "echo"])
 def test_concurrent_fragmenting_senders_lines_stay_atomic_and_ordered(
-    rat_server: StartServer, backend: str, clients: Clients
+    rat_server: StartServer, backend: str, clients: Clients, echo: bool
 ) -> None:
-    server = start(rat_server, backend)
+    server = start(rat_server, backend, *(["--echo"] if echo else []))
     senders = [clients.connect(server, nodelay=True) for _ in range(2)]
     receivers = clients.connect_many(server, 3)
     sync_clients(server, senders + receivers)
@@ -336,22 +346,23 @@ def test_concurrent_fragmenting_senders_lines_stay_atomic_and_ordered(
         for future in futures:
             future.result(timeout=30)
 
-    orders: list[list[tuple[int, int]]] = []
+    orders = []
     for receiver in receivers:
-        order = [parse_numbered(line) for line in recv_lines(receiver, 2 * LINES_PER_SENDER)]
-        for sender in (0, 1):
-            seqs = [seq for who, seq in order if who == sender]
-            assert seqs == list(range(LINES_PER_SENDER)), f"sender {sender} out of order"
-        orders.append(order)
+        orders.append(parse_order(recv_lines(receiver, 2 * LINES_PER_SENDER)))
         assert_silent(receiver, wait=0.05)
     assert orders[1] == orders[0], "receivers disagree on the global order"
     assert orders[2] == orders[0], "receivers disagree on the global order"
 
-    # Each sender got the other's lines, in order, and none of its own.
     for index, sock in enumerate(senders):
-        other = 1 - index
-        got = recv_lines(sock, LINES_PER_SENDER)
-        assert got == [numbered_line(other, seq) for seq in range(LINES_PER_SENDER)]
+        if echo:
+            # The sender's own lines come back in the same global order.
+            got = parse_order(recv_lines(sock, 2 * LINES_PER_SENDER))
+            assert got == orders[0], f"sender {index} disagrees on the global order"
+        else:
+            # The other's lines, in order, and none of its own.
+            other = 1 - index
+            lines = recv_lines(sock, LINES_PER_SENDER)
+            assert lines == [numbered_line(other, seq) for seq in range(LINES_PER_SENDER)]
         assert_silent(sock, wait=0.05)
 
 
@@ -461,6 +472,21 @@ def test_eof_with_partial_line_relays_fragment_with_newline(
     assert_silent(receiver, wait=0.1)
 
 
+def test_lines_sent_just_before_close_are_all_relayed(
+    rat_server: StartServer, backend: str, clients: Clients
+) -> None:
+    server = start(rat_server, backend)
+    leaver, receiver = clients.connect_many(server, 2)
+    sync_clients(server, [leaver, receiver])
+
+    lines = [b"parting line %05d\n" % i for i in range(5000)]
+    leaver.sendall(b"".join(lines) + b"and a tail")
+    leaver.close()
+
+    assert recv_lines(receiver, len(lines) + 1) == [*lines, b"and a tail\n"]
+    assert_silent(receiver, wait=0.1)
+
+
 def test_eof_without_partial_line_relays_nothing(
     rat_server: StartServer, backend: str, clients: Clients
 ) -> None:
@@ -556,6 +582,23 @@ def test_half_closed_client_still_receives(
     assert recv_lines(half, 2) == [b"still listening?\n", b"yes\n"]
     assert recv_lines(third, 1) == [b"still listening?\n"]
     assert recv_lines(other, 1) == [b"yes\n"]
+
+
+def test_half_closed_sender_gets_its_own_fragment_with_echo(
+    rat_server: StartServer, backend: str, clients: Clients
+) -> None:
+    server = start(rat_server, backend, "--echo")
+    half, other = clients.connect_many(server, 2)
+    sync_clients(server, [half, other])
+
+    half.sendall(b"whole\nfragment")
+    half.shutdown(socket.SHUT_WR)
+
+    assert recv_lines(other, 2) == [b"whole\n", b"fragment\n"]
+    assert recv_lines(half, 2) == [b"whole\n", b"fragment\n"]
+    other.sendall(b"and more\n")
+    assert recv_lines(half, 1) == [b"and more\n"]
+    assert recv_lines(other, 1) == [b"and more\n"]
 
 
 def test_late_client_gets_no_history(
