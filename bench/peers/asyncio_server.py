@@ -24,6 +24,7 @@ import importlib
 import os
 import signal
 import sys
+from typing import cast
 
 
 class Relay(asyncio.Protocol):
@@ -35,8 +36,8 @@ class Relay(asyncio.Protocol):
         self.partial = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         self.clients.add(self)
 
     def data_received(self, data: bytes) -> None:

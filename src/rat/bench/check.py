@@ -120,8 +120,10 @@ class LatencyHistogram:
         self.counts: Counter[int] = Counter()
         self.fold_at = fold_at
 
-    def add(self, micros: int) -> None:
-        self.counts[micros] += 1
+    def add(self, micros: int, count: int = 1) -> None:
+        self.counts[micros] += count
+        if len(self.counts) > self.fold_at:
+            self.fold()
 
     def add_many(self, micros: Iterable[int]) -> None:
         self.counts.update(micros)  # counted in C

@@ -435,6 +435,14 @@ def summarize(out: Outcome) -> dict[str, Any]:
         summary[k] for k in ("lost", "reordered", "duplicated", "malformed", "echoed")
     )
     verdict = []
+    if cfg.scenario == "idle":
+        reached = "every" if summary["lost"] == 0 else "NOT every"
+        verdict.append(
+            f"the broadcast reached {reached} connection within {_ms(pmax)} (load too short"
+            " to judge saturation)"
+        )
+        summary["verdict"] = verdict
+        return summary
     busy = summary["generator"]["busy"]
     if busy >= 0.85 or worker_busy >= 0.9:
         verdict.append("GENERATOR-BOUND: the generator, not the server, limited this run")
@@ -447,6 +455,10 @@ def summarize(out: Outcome) -> dict[str, Any]:
         verdict.append("neither side saturated")
     summary["verdict"] = verdict
     return summary
+
+
+def _ms(micros: int | None) -> str:
+    return "-" if micros is None else f"{micros / 1000:.1f} ms"
 
 
 def progress_enabled(flag: bool | None) -> bool:

@@ -47,6 +47,7 @@ import socket
 import time
 import traceback
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,7 +205,11 @@ class Reference:
         self.base = 0
         self.end = 0  # index one past the last checked line
         self.pubids: array[int] = array("q")
-        self.send_us: array[int] = array("q")
+        self.send_us: array[int] = array("q")  # send time of each line, us
+        # Runs of lines with the same send time (a publisher stamps a whole batch
+        # at once): timing a chunk costs one step per run instead of per line.
+        self.run_start: array[int] = array("q")
+        self.run_us: array[int] = array("q")
         self.counts: dict[int, int] = {}
         self.own: dict[int, array[int]] = {}  # pubid -> its indices (local publishers)
         self.clean = True  # False once the reference saw an anomaly
@@ -343,6 +348,8 @@ class Worker:
                     f" {len(wanted)} connections not established"
                 )
             for fd, _ in self.poller.poll(min(left, 0.5)):
+                if fd not in connecting:  # already connected (and has data): later
+                    continue
                 sock, pubid, role = connecting.pop(fd)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
@@ -455,7 +462,7 @@ class Worker:
             ):
                 rx.synced = True
                 rest = rx.resp.pending
-                rx.resp = None
+                rx.resp = RespReader()  # for the slow path, should it be needed
                 return rest
             if not (isinstance(item, list) and item and item[0] == b"subscribe"):
                 raise BenchError(f"unexpected reply before sync: {item!r:.80}")
@@ -668,6 +675,8 @@ class Worker:
         counts = ref.counts
         own = ref.own
         pubids, send_us = ref.pubids, ref.send_us
+        run_start, run_us = ref.run_start, ref.run_us
+        last_us = run_us[-1] if run_us else -1
         good = 0
         g = ref.end
         for i in range(n):
@@ -682,7 +691,12 @@ class Worker:
                 break
             counts[pubid] = seq + 1
             pubids.append(pubid)
-            send_us.append(stamp // 1000)
+            us = stamp // 1000
+            send_us.append(us)
+            if us != last_us:
+                run_start.append(g)
+                run_us.append(us)
+                last_us = us
             mine = own.get(pubid)
             if mine is not None:
                 mine.append(g)
@@ -743,7 +757,8 @@ class Worker:
         hist = rx.hist
         assert hist is not None
         marks = rx.marks
-        send_us = self.ref.send_us
+        ref = self.ref
+        send_us, run_start, run_us = ref.send_us, ref.run_start, ref.run_us
         i = rx.frames  # the receiver's frame count before these
         while n > 0 and marks:
             end_i, t = marks[0]
@@ -751,7 +766,15 @@ class Worker:
                 marks.popleft()
                 continue
             take = min(n, end_i - i)
-            hist.add_many(map(t.__sub__, send_us[g : g + take]))
+            first = bisect_right(run_start, g) - 1
+            last = bisect_left(run_start, g + take)  # runs [first, last) overlap
+            if (last - first) * 8 <= take:
+                for k in range(first, last):
+                    lo = max(run_start[k], g)
+                    hi = min(run_start[k + 1] if k + 1 < len(run_start) else ref.end, g + take)
+                    hist.add(t - run_us[k], hi - lo)
+            else:
+                hist.add_many(map(t.__sub__, send_us[g : g + take]))
             i += take
             g += take
             n -= take
