@@ -287,6 +287,10 @@ def format_table(s: dict[str, Any]) -> str:
     else:
         what = f"{p['connections']} connections held {p['hold_s']} s"
     lat = s["latency_us"]
+    idle = s["scenario"] == "idle"
+    delivered = f"{s['delivered']:,} of {s['expected']:,} lines"
+    if not idle:
+        delivered += f", {s['delivered_per_s']:,.0f} lines/s"
     rows = [
         (
             "run",
@@ -298,10 +302,7 @@ def format_table(s: dict[str, Any]) -> str:
             f"{s['published']:,} lines"
             + (f", {s['published_per_s']:,.0f} lines/s" if s["published_per_s"] else ""),
         ),
-        (
-            "delivered",
-            f"{s['delivered']:,} of {s['expected']:,} lines, {s['delivered_per_s']:,.0f} lines/s",
-        ),
+        ("delivered", delivered),
         (
             "latency",
             f"p50 {_us(lat['p50'])}  p99 {_us(lat['p99'])}  p99.9 {_us(lat['p99.9'])}"
@@ -318,9 +319,10 @@ def format_table(s: dict[str, Any]) -> str:
     sm = s["server_metrics"]
     if sm:
         ns = sm["ns_per_delivered"]
-        line = f"pid {sm['pid']}: CPU {sm['cpu_s']:.3f} s ({sm['cpu_busy']:.0%} of one CPU)" + (
-            f", {ns:,.0f} ns per delivered line" if ns is not None else ""
-        )
+        line = f"pid {sm['pid']}: CPU {sm['cpu_s']:.3f} s"
+        if not idle:
+            line += f" ({sm['cpu_busy']:.0%} of one CPU)"
+            line += f", {ns:,.0f} ns per delivered line" if ns is not None else ""
         rows.append(("server", line))
         mem = (
             f"RSS {_kib(sm['rss_kib_go'])} at start of load, {_kib(sm['rss_kib_end'])} at end,"
@@ -334,13 +336,10 @@ def format_table(s: dict[str, Any]) -> str:
             )
         rows.append(("memory", mem))
     g = s["generator"]
-    rows.append(
-        (
-            "generator",
-            f"{g['processes']} process(es) on {g['cpus']} CPU(s): CPU {g['cpu_s']:.3f} s,"
-            f" {g['busy']:.0%} busy (busiest process {g['busiest_process']:.0%})",
-        )
-    )
+    gen = f"{g['processes']} process(es) on {g['cpus']} CPU(s): CPU {g['cpu_s']:.3f} s"
+    if not idle:
+        gen += f", {g['busy']:.0%} busy (busiest process {g['busiest_process']:.0%})"
+    rows.append(("generator", gen))
     rows.append(("verdict", "; ".join(s["verdict"])))
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
