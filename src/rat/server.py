@@ -636,8 +636,13 @@ class Server:
         """Forget the clients closed during this turn."""
         if not self._doomed:
             return
+        clients = self.clients
         for client in self._doomed:
-            self.clients.pop(client.fd, None)
+            # Its fd number may already belong to a client accepted later in
+            # this turn (the kernel reuses the lowest free number): only
+            # remove the entry if it is still this client's.
+            if clients.get(client.fd) is client:
+                del clients[client.fd]
             self._blocked.discard(client)
             self._lingering.discard(client)
             self._half_closed.discard(client)
