@@ -175,7 +175,9 @@ class Coordinator:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError(f"timed out waiting for workers ({kind})")
-            for conn in wait(self.pipes, timeout=min(left, 0.1)):
+            # A worker that answered may close its pipe (after "result"): wait on the rest.
+            waiting = [c for i, c in enumerate(self.pipes) if i not in got]
+            for conn in wait(waiting, timeout=min(left, 0.1)):
                 assert isinstance(conn, Connection)
                 try:
                     msg = conn.recv()
