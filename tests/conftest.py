@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,12 +136,28 @@ def rat_server() -> Iterator[Callable[..., ServerProcess]]:
         server.stop()
 
 
+# Bytes read past the lines a caller asked for, kept for its next call.
+_leftover: weakref.WeakKeyDictionary[socket.socket, bytearray] = weakref.WeakKeyDictionary()
+
+
 def recv_lines(sock: socket.socket, count: int, timeout: float = 10.0) -> list[bytes]:
-    """Read from `sock` until `count` complete lines arrived; return them (with b"\\n")."""
-    buf = bytearray()
+    """Read from `sock` until `count` complete lines arrived; return them (with b"\\n").
+
+    Whatever arrives beyond those lines is kept and returned by the next call
+    on the same socket, so nothing read is ever silently dropped.
+    """
+    buf = _leftover.setdefault(sock, bytearray())
     lines: list[bytes] = []
     deadline = time.monotonic() + timeout
-    while len(lines) < count:
+    while True:
+        while len(lines) < count:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            lines.append(bytes(buf[: nl + 1]))
+            del buf[: nl + 1]
+        if len(lines) == count:
+            return lines
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"got {len(lines)} of {count} lines before timeout")
@@ -149,18 +166,11 @@ def recv_lines(sock: socket.socket, count: int, timeout: float = 10.0) -> list[b
         if not chunk:
             raise AssertionError(f"EOF after {len(lines)} of {count} lines")
         buf += chunk
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            lines.append(bytes(buf[: nl + 1]))
-            del buf[: nl + 1]
-    assert not buf or len(lines) == count, "read past the expected lines"
-    return lines
 
 
 def assert_silent(sock: socket.socket, wait: float = 0.3) -> None:
     """Assert nothing arrives on `sock` within `wait` seconds."""
+    assert not _leftover.get(sock), f"unexpected data: {_leftover.get(sock)!r}"
     ready, _, _ = select.select([sock], [], [], wait)
     if ready:
         sock.settimeout(0.1)

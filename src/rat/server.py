@@ -226,7 +226,9 @@ class Server:
 
         self._signals = 0  # SIGINT/SIGTERM received so far
         self._stopping_at = 0.0  # when the first signal arrived (monotonic)
-        self._unfinished: list[Client] = []  # read budget ran out; resume next turn
+        # Read budget ran out: resume next turn (a dict keeps insertion order
+        # and holds each client once).
+        self._unfinished: dict[Client, None] = {}
         self._doomed: list[Client] = []  # closed this turn; reap at the end of it
         self._lingering: set[Client] = set()
         # Half-closed clients: checked for a pending socket error at each
@@ -265,7 +267,7 @@ class Server:
             timeout = 0.0 if self._unfinished else max(0.0, next_housekeeping - time.monotonic())
             events = poll(timeout)
             stopping = self._signals > 0
-            unfinished, self._unfinished = self._unfinished, []
+            unfinished, self._unfinished = self._unfinished, {}
             for fd, mask in events:
                 client = clients.get(fd)
                 if client is not None:
@@ -278,7 +280,8 @@ class Server:
                 elif fd == wake_fd:
                     self._on_signal()
             for client in unfinished:
-                if not stopping:
+                # Skip one that an event already had us read (and re-queue).
+                if not stopping and client not in self._unfinished:
                     self._on_readable(client)
             self._deliver()
             self._reap()
@@ -437,7 +440,7 @@ class Server:
                 # Still readable, but others deserve a turn.  With edge
                 # triggering no new event would come for the unread bytes,
                 # so remember this client ourselves.
-                self._unfinished.append(client)
+                self._unfinished[client] = None
                 return
 
     def _on_data(self, client: Client, data: bytes) -> None:
