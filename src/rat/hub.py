@@ -66,6 +66,11 @@ class Hub:
         self._size = 0
         self._lines = 0
 
+    @property
+    def size(self) -> int:
+        """Bytes published since the last `take_turn`."""
+        return self._size
+
     def publish(self, sender: Hashable, block: bytes) -> int:
         """Queue `block` (complete lines) from `sender`; return its line count."""
         lines = block.count(b"\n")

@@ -24,6 +24,8 @@ on Linux, see `rat.poller`).  One *turn* of the loop is:
    copy) and, unless it is waiting for WRITABLE, is flushed at once with one
    `send`/`sendmsg`.  Many lines from many senders cost one syscall per
    receiver per turn, the same idea as Redis writing replies once per loop.
+   (A turn that gathers `TURN_BYTES` is delivered early, mid-turn, so a
+   flood never builds one delivery bigger than a client's queue limit.)
 4. Whatever the kernel did not take stays queued; only then do we ask the
    poller for WRITABLE on that client, and we drop that interest as soon as
    the queue drains.  Asking for WRITABLE on an empty queue would wake us for
@@ -61,6 +63,10 @@ log = logging.getLogger("rat")
 
 RECV_SIZE = 256 * 1024  # bytes asked for per recv()
 READ_BUDGET = 1024 * 1024  # bytes read from one client per turn before moving on
+# Deliver early once a turn has gathered this much: batching gains nothing
+# more at this size, and a turn must stay far below any sane --max-pending so
+# that a client reading at full speed is never taken for a slow consumer.
+TURN_BYTES = 256 * 1024
 HOUSEKEEPING_INTERVAL = 0.5  # seconds: the longest the loop sleeps
 LINGER_SECONDS = 2.0  # how long a rejected client may take to read its ERR line
 ACCEPT_BACKOFF_MIN = 0.05  # seconds to pause accepting when out of descriptors
@@ -451,10 +457,13 @@ class Server:
         except LineTooLong as err:
             if err.accepted:
                 self.counters.lines_in += self.hub.publish(client, err.accepted)
+                # (delivered at the end of the turn, like any other lines)
             self._reject(client, ERR_LINE_TOO_LONG, "line too long")
             return
         if block:
             self.counters.lines_in += self.hub.publish(client, block)
+            if self.hub.size >= TURN_BYTES:
+                self._deliver()
 
     def _on_eof(self, client: Client) -> None:
         """recv() returned b"": the peer shut its sending side.
