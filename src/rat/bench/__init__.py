@@ -321,7 +321,8 @@ def format_table(s: dict[str, Any]) -> str:
         ns = sm["ns_per_delivered"]
         line = f"pid {sm['pid']}: CPU {sm['cpu_s']:.3f} s"
         if not idle:
-            line += f" ({sm['cpu_busy']:.0%} of one CPU)"
+            line += f" ({sm['cpu_busy']:.0%} of one CPU"
+            line += f", waited {sm['wait_s']:.3f} s for it)" if sm["wait_s"] >= 0.001 else ")"
             line += f", {ns:,.0f} ns per delivered line" if ns is not None else ""
         rows.append(("server", line))
         mem = (
@@ -339,6 +340,10 @@ def format_table(s: dict[str, Any]) -> str:
     gen = f"{g['processes']} process(es) on {g['cpus']} CPU(s): CPU {g['cpu_s']:.3f} s"
     if not idle:
         gen += f", {g['busy']:.0%} busy (busiest process {g['busiest_process']:.0%})"
+        gen += f", waited {g['wait_s']:.3f} s for a CPU" if g["wait_s"] >= 0.001 else ""
+    pressure = s["cpu_pressure_pct"]["end"]
+    if pressure is not None:
+        gen += f"; machine CPU pressure {pressure:.0f}%"
     rows.append(("generator", gen))
     rows.append(("verdict", "; ".join(s["verdict"])))
     width = max(len(k) for k, _ in rows)

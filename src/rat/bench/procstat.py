@@ -32,6 +32,27 @@ def cpu_ns(pid: int) -> int:
     return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_ns(pid: int | str) -> int:
+    """Time `pid`'s threads spent runnable but waiting for a CPU, in ns (0 if unknown).
+
+    The second field of /proc/PID/task/TID/schedstat.  A server that waits
+    for a CPU is short of CPU even if its CPU time stays below one core:
+    other processes on its CPU took the rest.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def memory_kib(pid: int) -> tuple[int, int]:
     """`(VmRSS, VmHWM)` of `pid` in KiB."""
     rss = hwm = 0
@@ -52,6 +73,7 @@ class Sample:
     cpu_ns: int
     rss_kib: int
     hwm_kib: int
+    wait_ns: int = 0  # runnable but not running (see `runqueue_wait_ns`)
 
 
 def sample(pid: int) -> Sample | None:
@@ -62,7 +84,19 @@ def sample(pid: int) -> Sample | None:
         rss, hwm = memory_kib(pid)
     except (OSError, ValueError, IndexError):
         return None
-    return Sample(at, cpu, rss, hwm)
+    return Sample(at, cpu, rss, hwm, runqueue_wait_ns(pid))
+
+
+def cpu_pressure() -> float | None:
+    """The machine's CPU pressure (PSI "some" avg10, percent), or None if unknown."""
+    try:
+        with open("/proc/pressure/cpu", "rb") as f:
+            for line in f:
+                if line.startswith(b"some"):
+                    return float(line.split()[1].split(b"=")[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def self_cpu_ns() -> int:

@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from rat.bench.check import LatencyHistogram
-from rat.bench.procstat import Sample, sample, self_cpu_ns
+from rat.bench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
 from rat.bench.wire import encode_line, make_wire, sync_line
 from rat.bench.worker import BenchError, WorkerPlan, WorkerResult, raise_nofile, worker_main
 
@@ -86,6 +86,8 @@ class Outcome:
     server_connected: Sample | None = None  # idle: all connected and synced
     server_held: Sample | None = None  # idle: at the end of the hold
     coordinator_cpu_ns: int = 0
+    pressure_start: float | None = None  # the machine's CPU pressure (PSI some avg10, %)
+    pressure_end: float | None = None
     setup_s: float = 0.0
     generator_cpus: int = 1
 
@@ -245,6 +247,7 @@ class Coordinator:
         t_setup = time.monotonic()
         pid = cfg.server_pid
         out.server_before = sample(pid) if pid else None
+        out.pressure_start = cpu_pressure()
         out.generator_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         nonce = random.randrange(1, 1 << 60)
         plans = self.plans(nonce)
@@ -287,6 +290,7 @@ class Coordinator:
             self.broadcast("expect", published, cfg.grace)
             results = self.gather("result", time.monotonic() + cfg.grace + cfg.setup_timeout + 10)
             out.server_end = sample(pid) if pid else None
+            out.pressure_end = cpu_pressure()
             out.results = [m[2] for m in results]
             out.last_rx_ns = max((r.last_rx_ns for r in out.results), default=0)
         finally:
@@ -342,6 +346,7 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "slow_path_receivers",
             "latency_receivers",
             "cpu_ns",
+            "wait_ns",
         )
     }
     hist = LatencyHistogram()
@@ -355,7 +360,15 @@ def summarize(out: Outcome) -> dict[str, Any]:
     gen_cpu_s = (total["cpu_ns"] + out.coordinator_cpu_ns) / 1e9
     capacity = max(1, min(out.generator_cpus, len(res)))
     gen_share = gen_cpu_s / wall_s / capacity if wall_s > 0 else 0.0
+    gen_wait_s = total["wait_ns"] / 1e9
+    gen_demand = (gen_cpu_s + gen_wait_s) / wall_s / capacity if wall_s > 0 else 0.0
     worker_busy = max((r.cpu_ns / 1e9 / wall_s for r in res), default=0.0) if wall_s > 0 else 0.0
+    # demand: running or runnable (waiting for a CPU) -- what it would have used
+    worker_demand = (
+        max(((r.cpu_ns + r.wait_ns) / 1e9 / wall_s for r in res), default=0.0)
+        if wall_s > 0
+        else 0.0
+    )
     summary: dict[str, Any] = {
         "scenario": cfg.scenario,
         "proto": cfg.proto,
@@ -404,18 +417,25 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "cpu_s": round(gen_cpu_s, 4),
             "busy": round(gen_share, 3),
             "busiest_process": round(worker_busy, 3),
+            "wait_s": round(gen_wait_s, 4),
+            "demand": round(gen_demand, 3),
+            "busiest_process_demand": round(worker_demand, 3),
         },
+        "cpu_pressure_pct": {"start": out.pressure_start, "end": out.pressure_end},
         "server_metrics": None,
     }
     if cfg.scenario == "chat" and cfg.rate > 0:
         summary["target_rate"] = cfg.rate
     if out.server_go and out.server_end:
         cpu_ns = out.server_end.cpu_ns - out.server_go.cpu_ns
+        wait_ns = max(0, out.server_end.wait_ns - out.server_go.wait_ns)
         base = out.server_before
         server: dict[str, Any] = {
             "pid": cfg.server_pid,
             "cpu_s": round(cpu_ns / 1e9, 4),
             "cpu_busy": round(cpu_ns / 1e9 / wall_s, 3) if wall_s else None,
+            "wait_s": round(wait_ns / 1e9, 4),
+            "demand": round((cpu_ns + wait_ns) / 1e9 / wall_s, 3) if wall_s else None,
             "ns_per_delivered": round(cpu_ns / total["delivered"], 1)
             if total["delivered"]
             else None,
@@ -445,12 +465,20 @@ def summarize(out: Outcome) -> dict[str, Any]:
         )
         summary["verdict"] = verdict
         return summary
-    busy = summary["generator"]["busy"]
-    if busy >= 0.85 or worker_busy >= 0.9:
+    if gen_demand >= 0.9 or worker_demand >= 0.9:
         verdict.append("GENERATOR-BOUND: the generator, not the server, limited this run")
     sm = summary["server_metrics"]
-    if sm and sm["cpu_busy"] is not None and sm["cpu_busy"] >= 0.9:
-        verdict.append("server-bound: the server used a whole CPU")
+    if sm and sm["demand"] is not None and sm["demand"] >= 0.9:
+        verdict.append("server-bound: the server had work for a whole CPU")
+    if sm and wall_s and sm["wait_s"] / wall_s >= 0.1:
+        verdict.append(
+            f"the server waited {sm['wait_s'] / wall_s:.0%} of the time for its CPU"
+            " (other processes on it)"
+        )
+    if wall_s and gen_wait_s / wall_s / capacity >= 0.1:
+        verdict.append(
+            f"the generator waited {gen_wait_s / wall_s / capacity:.0%} of the time for a CPU"
+        )
     if cfg.scenario == "chat" and published < 0.97 * cfg.rate * cfg.duration and not cfg.max_lines:
         verdict.append("publishers fell behind the target rate")
     if not verdict:

@@ -55,7 +55,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from rat.bench.check import LatencyHistogram, SeqTracker
-from rat.bench.procstat import self_cpu_ns
+from rat.bench.procstat import runqueue_wait_ns, self_cpu_ns
 from rat.bench.wire import LineEncoder, RespReader, Wire, make_wire, parse_line, sync_line
 
 RECV_SIZE = 256 * 1024
@@ -112,6 +112,7 @@ class WorkerResult:
     first_tx_ns: int = 0
     last_tx_ns: int = 0
     cpu_ns: int = 0
+    wait_ns: int = 0  # runnable, waiting for a CPU, over the same span
     complete: bool = False
 
 
@@ -933,6 +934,7 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
         msg = _wait_message(worker, "go", far)
         go_ns, end_ns = int(msg[1]), int(msg[2])
         cpu0 = self_cpu_ns()
+        wait0 = runqueue_wait_ns("self")
         worker.start_publishing(go_ns, end_ns)
         worker.serve_pipe_until(lambda: not worker.publishing, end_ns + 10**9)
         worker.publishing = False
@@ -967,6 +969,7 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
         next_check = 0
         worker.result.complete = complete()
         worker.result.cpu_ns = self_cpu_ns() - cpu0
+        worker.result.wait_ns = runqueue_wait_ns("self") - wait0
         worker.finish(published)
         pipe.send(("result", plan.index, worker.result))
     except BenchError as err:
