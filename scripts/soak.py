@@ -195,19 +195,31 @@ def lost_lines(clients: list[WellBehaved]) -> tuple[int, int, int, list[str]]:
 
 def drain(sock: socket.socket, scratch: bytearray) -> bool:
     """Read whatever is available without blocking; False on EOF or reset."""
-    while True:
-        try:
-            n = sock.recv_into(scratch, 0, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        if n == 0:
-            return False
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)  # MSG_DONTWAIT alone would still wait: Python polls first
+    try:
+        while True:
+            try:
+                n = sock.recv_into(scratch)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if n == 0:
+                return False
+    finally:
+        sock.settimeout(timeout)
 
 
 def slow_reader(addr: tuple[str, int], stop: threading.Event, totals: Totals, seed: int) -> None:
-    """Tiny receive buffer; every few seconds a greedy read. Expects to be dropped."""
+    """Tiny receive buffer, reads rarely and little. Expects to be dropped.
+
+    Each wake-up (every 5.5-9 s, longer than the soak server's write timeout)
+    reads at most 64 KiB, so its buffers stay full and the server queues for
+    it: a flood pushes it past --max-pending, a calm spell lets the write
+    timeout fire.  Every fourth wake-up it reads greedily for up to a second,
+    enough to reach the EOF of a drop through the kernel buffers.
+    """
     rng = random.Random(seed)
     scratch = bytearray(1 << 16)
     while not stop.is_set():
@@ -216,26 +228,70 @@ def slow_reader(addr: tuple[str, int], stop: threading.Event, totals: Totals, se
         try:
             sock.connect(addr)
             totals.add("slow reader connects")
-            while not sleep_until(stop, rng.uniform(3.0, 8.0)):
-                # Read for up to 1 s: enough to empty the kernel buffers after a drop.
+            wakeups = 0
+            while not sleep_until(stop, rng.uniform(5.5, 9.0)):
+                wakeups += 1
+                budget = float("inf") if wakeups % 4 == 0 else 65536
                 deadline = time.monotonic() + 1.0
                 sock.settimeout(0.1)
                 alive = True
-                while time.monotonic() < deadline:
+                while budget > 0 and time.monotonic() < deadline:
                     try:
-                        if sock.recv_into(scratch) == 0:
-                            alive = False
-                            break
+                        n = sock.recv_into(scratch, int(min(budget, len(scratch))))
                     except TimeoutError:
                         break
                     except OSError:
                         alive = False
                         break
+                    if n == 0:
+                        alive = False
+                        break
+                    budget -= n
                 if not alive:
                     totals.add("slow readers dropped")
                     break
         except OSError:
             totals.add("slow reader errors")
+        finally:
+            sock.close()
+
+
+def stalled_reader(
+    addr: tuple[str, int], stop: threading.Event, totals: Totals, seed: int, burst: int
+) -> None:
+    """Never reads; a companion socket sends one `burst` of lines right after it joins.
+
+    The burst is a little more than the kernel buffers absorb for a peer that
+    does not read (about 3 MB over loopback), so the server queues the rest
+    and, in a calm spell, drops the client by the write timeout.  After 20 s it
+    reads greedily to see whether it was dropped, then starts over.
+    """
+    rng = random.Random(seed)
+    scratch = bytearray(1 << 16)
+    line = b"T" + b"t" * 1022 + b"\n"
+    while not stop.is_set():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            sock.connect(addr)
+            totals.add("stalled reader connects")
+            with socket.create_connection(addr, timeout=10) as companion:
+                time.sleep(0.2)  # let the server register both
+                piece = line * 64  # paced, like a flooder: 64 KiB every 5 ms
+                for _ in range(burst // len(piece)):
+                    companion.sendall(piece)
+                    time.sleep(0.005)
+                if sleep_until(stop, rng.uniform(20.0, 25.0)):
+                    break
+            sock.settimeout(0.2)
+            while True:
+                if sock.recv_into(scratch) == 0:
+                    totals.add("stalled readers dropped")
+                    break
+        except TimeoutError:
+            totals.add("stalled readers not dropped")
+        except OSError:
+            totals.add("stalled readers dropped")
         finally:
             sock.close()
 
@@ -248,11 +304,18 @@ def flooder(
     seed: int,
     *,
     rate: float,
+    burst_size: int,
 ) -> None:
-    """Send bursts of lines at about `rate` bytes/s; read and discard everything."""
+    """Send bursts of lines at about `rate` bytes/s; read and discard everything.
+
+    It floods for a few seconds, then rests for a few: while it rests, slow
+    readers have little queued and are dropped by the write timeout instead.
+    """
     rng = random.Random(seed)
     scratch = bytearray(1 << 18)
     seq = 0
+    phase_end = time.monotonic() + rng.uniform(2.0, 4.0)
+    phase_rate = rate * rng.uniform(0.1, 1.0)  # varies, so some phases overflow slow readers
     while not stop.is_set():
         try:
             sock = socket.create_connection(addr, timeout=10)
@@ -264,17 +327,26 @@ def flooder(
         try:
             while not stop.is_set():
                 burst = bytearray()
-                while len(burst) < 65536:
+                while len(burst) < burst_size:
                     size = rng.randint(16, 2048)
                     burst += b"F%02d %08d " % (ident, seq) + b"f" * size + b"\n"
                     seq += 1
                 started = time.monotonic()
+                if started > phase_end:  # rest, still reading
+                    rest_end = started + rng.uniform(6.0, 9.0)
+                    while time.monotonic() < rest_end and not stop.is_set():
+                        if not drain(sock, scratch):
+                            raise ConnectionResetError("dropped while resting")
+                        sleep_until(stop, 0.05)
+                    phase_end = time.monotonic() + rng.uniform(2.0, 4.0)
+                    phase_rate = rate * rng.uniform(0.1, 1.0)
+                    started = time.monotonic()
                 sock.sendall(burst)
                 totals.add("flooder bytes", len(burst))
                 if not drain(sock, scratch):
                     totals.add("flooders dropped")
                     break
-                sleep_until(stop, max(0.0, len(burst) / rate - (time.monotonic() - started)))
+                sleep_until(stop, max(0.0, len(burst) / phase_rate - (time.monotonic() - started)))
         except OSError:
             totals.add("flooders dropped")
         finally:
@@ -445,10 +517,16 @@ def main() -> int:
     parser.add_argument("--max-line", type=int, default=65536, help="the server's --max-line")
     parser.add_argument("--well-behaved", type=int, default=6)
     parser.add_argument("--slow-readers", type=int, default=3)
+    parser.add_argument("--stalled-readers", type=int, default=1)
+    parser.add_argument(
+        "--stall-burst", type=int, default=3_500_000, help="bytes sent at each stalled reader"
+    )
     parser.add_argument("--flooders", type=int, default=2)
     parser.add_argument("--flood-rate", type=float, default=2e6, help="bytes/s per flooder")
+    parser.add_argument("--flood-burst", type=int, default=65536, help="bytes per sendall")
     parser.add_argument("--resetters", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--server-log", type=Path, help="write the server's stderr to this file")
     args = parser.parse_args()
 
     server = None if args.port else Server(args.max_pending, args.write_timeout)
@@ -479,9 +557,11 @@ def soak(args: argparse.Namespace, server: Server | None) -> int:
 
     for _ in range(args.slow_readers):
         spawn(slow_reader, addr, stop, totals, rng.randrange(1 << 30))
+    for _ in range(args.stalled_readers):
+        spawn(stalled_reader, addr, stop, totals, rng.randrange(1 << 30), args.stall_burst)
     for i in range(args.flooders):
         spawn(
-            functools.partial(flooder, rate=args.flood_rate),
+            functools.partial(flooder, rate=args.flood_rate, burst_size=args.flood_burst),
             i,
             addr,
             stop,
@@ -554,9 +634,11 @@ def soak(args: argparse.Namespace, server: Server | None) -> int:
     if server is not None:
         code, utime, stime = server.stop()
         log = "".join(server.lines)
+        if args.server_log:
+            args.server_log.write_text(log)
         print("server disconnects by reason (from its log):")
         for reason in REASONS:
-            n = sum(1 for line in server.lines if reason in line)
+            n = sum(1 for line in server.lines if reason in line and "counters:" not in line)
             print(f"  {reason}: {n}")
         counters = [line.strip() for line in server.lines if "counters:" in line]
         print(f"server summary: {counters[-1] if counters else '(no counters: line)'}")
