@@ -231,6 +231,7 @@ class Server:
         self.poller.register(self.listen_fd, READABLE)
 
         self._signals = 0  # SIGINT/SIGTERM received so far
+        self._last_signal = 0  # the number of the latest one
         self._stopping_at = 0.0  # when the first signal arrived (monotonic)
         # Read budget ran out: resume next turn (a dict keeps insertion order
         # and holds each client once).
@@ -253,12 +254,12 @@ class Server:
 
     def serve_forever(self) -> int:
         """Run until SIGINT/SIGTERM; then flush, close everything, return 0."""
-        previous = self._install_signal_handlers()
+        restore_signals = self._install_signal_handlers()
         try:
             self._run()
         finally:
             self._close_all()
-            self._restore_signal_handlers(previous)
+            restore_signals()
         log.info("%s", self.counters.summary())
         return 0
 
@@ -690,6 +691,8 @@ class Server:
     # ------------------------------------------------------------- signals
 
     def _install_signal_handlers(self) -> Callable[[], None]:
+        """Route SIGINT/SIGTERM to the loop; return a function that undoes it."""
+
         def on_signal(signum: int, frame: FrameType | None) -> None:
             # Runs between bytecodes of the main thread; the wakeup fd has
             # already made poll() return.  Only record; the loop acts.
@@ -706,12 +709,6 @@ class Server:
                 signal.signal(sig, handler)
 
         return restore
-
-    @staticmethod
-    def _restore_signal_handlers(restore: Callable[[], None]) -> None:
-        restore()
-
-    _last_signal = 0
 
     def _on_signal(self) -> None:
         """The wakeup socket is readable: drain it and act on the signals."""
