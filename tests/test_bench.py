@@ -621,3 +621,9 @@ def test_echo_is_counted(faulty: Callable[..., FaultyRelay]) -> None:
     s = faulty_chat(faulty(lambda r, n, line: [line], echo=True))
     assert s["echoed"] == s["published"] == 240
     assert s["lost"] == s["reordered"] == s["duplicated"] == s["malformed"] == 0
+
+
+def test_repeated_sync_lines_are_not_data(faulty: Callable[..., FaultyRelay]) -> None:
+    """The coordinator may repeat the sync line; receivers drop the copies."""
+    s = faulty_chat(faulty(lambda r, n, line: [line, line, line] if n == 0 else [line]))
+    assert_clean(s)

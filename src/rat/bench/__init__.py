@@ -156,8 +156,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="live progress on stderr (default: when stderr is a terminal)",
+        default=argparse.SUPPRESS,
+        help="live progress on stderr (default: only when stderr is a terminal)",
     )
 
 
@@ -228,7 +228,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         latency_receivers=args.latency_receivers,
         tick_ms=args.tick_ms,
         setup_timeout=args.setup_timeout,
-        progress=progress_enabled(args.progress),
+        progress=progress_enabled(getattr(args, "progress", None)),
     )
     if args.scenario == "chat":
         cfg.clients, cfg.rate = args.clients, args.rate

@@ -4,7 +4,8 @@ Phases (see `rat.bench.worker` for the worker's side):
 
 1. Read the server's memory (idle scenario: before anything connects).
 2. Fork the workers; each connects its share and says "ready".
-3. Connect a probe and send one sync line (Redis: PUBLISH it).  A worker says
+3. Connect a probe and send a sync line (Redis: PUBLISH it), again every
+   second until everyone has one (receivers drop repeats).  A worker says
    "synced" once every one of its receivers got it, which proves the server
    registered every connection before the first measured line.  (A connect()
    returns when the kernel finished the handshake, possibly before the server
@@ -39,6 +40,7 @@ from rat.bench.wire import encode_line, make_wire, sync_line
 from rat.bench.worker import BenchError, WorkerPlan, WorkerResult, raise_nofile, worker_main
 
 GO_DELAY_NS = 50_000_000  # "go" names a start this far ahead, so workers start together
+REPEAT_S = 1.0  # the sync line is sent again this often until every receiver has it
 
 
 @dataclass
@@ -170,10 +172,19 @@ class Coordinator:
             self.pipes.append(ours)
             self.procs.append(proc)
 
-    def gather(self, kind: str, deadline: float) -> list[tuple[Any, ...]]:
-        """One `kind` message from every worker (progress handled on the way)."""
+    def gather(
+        self, kind: str, deadline: float, repeat: Callable[[], None] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """One `kind` message from every worker (progress handled on the way).
+
+        `repeat`, if given, is called every `REPEAT_S` seconds while waiting.
+        """
         got: dict[int, tuple[Any, ...]] = {}
+        next_repeat = time.monotonic() + REPEAT_S
         while len(got) < len(self.pipes):
+            if repeat is not None and time.monotonic() >= next_repeat:
+                repeat()
+                next_repeat = time.monotonic() + REPEAT_S
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError(f"timed out waiting for workers ({kind})")
@@ -257,9 +268,12 @@ class Coordinator:
             setup_deadline = time.monotonic() + cfg.setup_timeout + 5
             ready = self.gather("ready", setup_deadline)
             out.connections = sum(int(m[2]) for m in ready) + 1
-            probe = self.probe()
-            probe.sendall(self.wire.publish([sync_line(nonce, cfg.line_size)]))
-            self.gather("synced", setup_deadline)
+            probe = sync_probe = self.probe()
+            sync = self.wire.publish([sync_line(nonce, cfg.line_size)])
+            sync_probe.sendall(sync)
+            # Repeated until all have it: a server may register a connection late
+            # (receivers drop the extra copies).
+            self.gather("synced", setup_deadline, repeat=lambda: sync_probe.sendall(sync))
             out.setup_s = time.monotonic() - t_setup
             if cfg.scenario == "idle":
                 out.server_connected = sample(pid) if pid else None

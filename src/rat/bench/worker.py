@@ -56,7 +56,15 @@ from typing import Any
 
 from rat.bench.check import LatencyHistogram, SeqTracker
 from rat.bench.procstat import runqueue_wait_ns, self_cpu_ns
-from rat.bench.wire import LineEncoder, RespReader, Wire, make_wire, parse_line, sync_line
+from rat.bench.wire import (
+    LineEncoder,
+    RedisWire,
+    RespReader,
+    Wire,
+    make_wire,
+    parse_line,
+    sync_line,
+)
 
 RECV_SIZE = 256 * 1024
 MAX_CONNECTING = 128  # connects in flight at once (stays under listen backlogs)
@@ -65,6 +73,11 @@ MAX_OUTBUF = 4 * 1024 * 1024  # a rate publisher skips lines rather than queue m
 PROGRESS_NS = 500_000_000
 TRIM_LINES = 65536  # reference lines consumed by all before trimming its buffer
 INFINITY = 1 << 62
+
+# Receiver phases.
+CONNECTED = 0
+SUBSCRIBED = 1  # Redis: SUBSCRIBE acknowledged (the line protocol skips this)
+RUNNING = 2  # got the sync line: what follows is measured
 
 
 @dataclass
@@ -136,12 +149,14 @@ class Receiver:
         "own",
         "own_k",
         "pending",
+        "phase",
         "pos",
         "pubid",
         "resp",
+        "skip_sync",
         "slow_buf",
         "sock",
-        "synced",
+        "sync_tail",
         "total",
         "tracker",
     )
@@ -150,7 +165,9 @@ class Receiver:
         self.sock = sock
         self.pubid = pubid  # the client's own publisher id (0: publishes nothing)
         self.hist = hist  # None: latency not measured on this receiver
-        self.synced = False
+        self.phase = CONNECTED
+        self.skip_sync = True  # drop repeated sync frames before the first measured line
+        self.sync_tail = b""
         self.closed = False
         self.fast = True
         self.pending = b""  # unchecked bytes from `pos` on (fast path)
@@ -298,6 +315,9 @@ class Worker:
         self.end_ns = 0
         self.publishing = False
         self.sync = sync_line(plan.sync_nonce, plan.line_size)
+        self.sync_frame = self.sync  # as a receiver gets it
+        if isinstance(self.wire, RedisWire):
+            self.sync_frame = self.wire.frame_prefix + self.sync[:-1] + b"\r\n"
         self.next_progress = 0
         self.last_trim = 0
 
@@ -393,19 +413,28 @@ class Worker:
         self.by_fd[fd] = (rx, pub)
         self.poller.modify(fd, self.poller.IN)
 
-    def wait_synced(self, deadline: float) -> None:
-        """Read until every receiver got the sync frame (after its subscribe ack)."""
-        waiting = {r for r in self.receivers}
-        while waiting:
+    def wait_handshake(self, want: int, deadline: float) -> None:
+        """Read until every receiver reached phase `want` (SUBSCRIBED or RUNNING).
+
+        Redis: a subscriber is SUBSCRIBED once its SUBSCRIBE is acknowledged,
+        which proves the server registered it.  Every receiver is RUNNING once
+        it got the probe's sync line: everything after that is measured.
+        """
+        what = "the subscribe acknowledgement" if want == SUBSCRIBED else "the sync line"
+        while True:
+            behind = sum(1 for r in self.receivers if r.phase < want)
+            if not behind:
+                return
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError(
-                    f"timed out waiting for the sync line on {len(waiting)} of"
-                    f" {len(self.receivers)} connections"
+                    f"timed out waiting for {what} on {behind} of {len(self.receivers)} connections"
                 )
             for fd, _ in self.poller.poll(min(left, 0.5)):
                 if fd == self.pipe.fileno():
                     self._read_pipe()
+                    if any(m[0] == "abort" for m in self.messages):
+                        raise BenchError("aborted by the coordinator")
                     continue
                 rx, pub = self.by_fd[fd]
                 sock = rx.sock if rx is not None else pub.sock if pub is not None else None
@@ -415,25 +444,22 @@ class Worker:
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as err:
-                    raise BenchError(f"connection failed before sync: {err}") from None
+                    raise BenchError(f"connection failed before the sync line: {err}") from None
                 if not data:
                     raise BenchError("the server closed a connection before the sync line")
                 if rx is None:
                     continue  # a publish-only connection: drop what it gets
-                if rx.synced:
-                    self._on_data(rx, data, 0)
+                if rx.phase == RUNNING:
+                    self._on_data(rx, data, now_us())
                     continue
                 rx.slow_buf += data
-                rest = self._sync_progress(rx)
-                if rx.synced:
-                    waiting.discard(rx)
-                    rx.slow_buf = bytearray()
-                    if rest:
-                        self._on_data(rx, rest, now_us())
+                rest = self._handshake(rx)
+                if rest:
+                    self._on_data(rx, rest, now_us())
 
-    def _sync_progress(self, rx: Receiver) -> bytes:
-        """Consume the subscribe ack and the sync frame; return bytes after them."""
-        if rx.resp is None:
+    def _handshake(self, rx: Receiver) -> bytes:
+        """Consume the subscribe ack and the sync frame; return the bytes after them."""
+        if rx.resp is None:  # the line protocol
             nl = rx.slow_buf.find(b"\n")
             if nl < 0:
                 if len(rx.slow_buf) > 4 * len(self.sync):
@@ -442,8 +468,10 @@ class Worker:
             line = bytes(rx.slow_buf[: nl + 1])
             if line != self.sync:
                 raise BenchError(f"unexpected line before sync: {line[:80]!r}")
-            rx.synced = True
-            return bytes(rx.slow_buf[nl + 1 :])
+            rx.phase = RUNNING
+            rest = bytes(rx.slow_buf[nl + 1 :])
+            rx.slow_buf = bytearray()
+            return rest
         rx.resp.feed(bytes(rx.slow_buf))
         rx.slow_buf = bytearray()
         while True:
@@ -455,18 +483,38 @@ class Worker:
                 return b""
             if isinstance(item, Exception):
                 raise BenchError(f"server error reply: {item}")
+            if isinstance(item, list) and item and item[0] == b"subscribe":
+                rx.phase = max(rx.phase, SUBSCRIBED)
+                continue
             if (
-                isinstance(item, list)
+                rx.phase == SUBSCRIBED
+                and isinstance(item, list)
                 and len(item) == 3
                 and item[0] == b"message"
                 and item[2] == self.sync[:-1]
             ):
-                rx.synced = True
+                rx.phase = RUNNING
                 rest = rx.resp.pending
                 rx.resp = RespReader()  # for the slow path, should it be needed
                 return rest
-            if not (isinstance(item, list) and item and item[0] == b"subscribe"):
-                raise BenchError(f"unexpected reply before sync: {item!r:.80}")
+            raise BenchError(f"unexpected reply before sync: {item!r:.80}")
+
+    def _strip_syncs(self, rx: Receiver, data: bytes) -> bytes:
+        """Drop repeated sync frames at the start of the measured stream.
+
+        The coordinator repeats the sync line until every worker saw one, so
+        a receiver may get a few more before the first measured line.
+        """
+        buf = rx.sync_tail + data
+        frame = self.sync_frame
+        while buf.startswith(frame):
+            buf = buf[len(frame) :]
+        if len(buf) < len(frame) and frame.startswith(buf):
+            rx.sync_tail = buf  # perhaps the start of another sync frame: wait
+            return b""
+        rx.sync_tail = b""
+        rx.skip_sync = False
+        return buf
 
     # -- the loop -------------------------------------------------------------
 
@@ -646,6 +694,10 @@ class Worker:
                 self.result.disconnected += 1
 
     def _on_data(self, rx: Receiver, data: bytes, t: int) -> None:
+        if rx.skip_sync:
+            data = self._strip_syncs(rx, data)
+            if not data:
+                return
         rx.total += len(data)
         rx.last_t = t
         if not rx.fast:
@@ -927,8 +979,11 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
     try:
         worker.poller.register(pipe.fileno(), worker.poller.IN)
         worker.connect_all()
+        deadline = time.monotonic() + plan.connect_timeout
+        if worker.wire.subscribe:
+            worker.wait_handshake(SUBSCRIBED, deadline)
         pipe.send(("ready", plan.index, len(worker.sockets)))
-        worker.wait_synced(time.monotonic() + plan.connect_timeout)
+        worker.wait_handshake(RUNNING, deadline)
         pipe.send(("synced", plan.index))
         far = time.monotonic_ns() + int(plan.connect_timeout * 4e9) + 3600 * 10**9
         msg = _wait_message(worker, "go", far)
