@@ -295,7 +295,17 @@ class Server:
 
             now = time.monotonic()
             if self._signals:
-                if self._signals > 1 or not self._has_pending_output():
+                # Acted on here, between turns, never inside the handler: the
+                # handler may run in the middle of any line of the loop.
+                if not self._stopping_at:
+                    self._begin_stop(now)
+                if self._signals > 1:
+                    log.warning(
+                        "second signal: exiting now, dropping %d queued bytes",
+                        sum(c.out.pending for c in clients.values()),
+                    )
+                    return
+                if not self._has_pending_output():
                     return
                 if now - self._stopping_at >= self.limits.shutdown_timeout:
                     log.warning(
@@ -711,23 +721,20 @@ class Server:
         return restore
 
     def _on_signal(self) -> None:
-        """The wakeup socket is readable: drain it and act on the signals."""
+        """The wakeup socket is readable: drain it.
+
+        Its only job was to make poll() return at once; the handler has
+        already counted the signal, and `_run` acts on it after this turn.
+        """
         try:
             while self._wake_r.recv(64):
                 pass
         except BlockingIOError:
             pass
-        if self._signals == 1 and not self._stopping_at:
-            self._begin_stop()
-        elif self._signals > 1:
-            log.warning(
-                "second signal: exiting now, dropping %d queued bytes",
-                sum(c.out.pending for c in self.clients.values()),
-            )
 
-    def _begin_stop(self) -> None:
+    def _begin_stop(self, now: float) -> None:
         """First signal: stop accepting; the loop now only flushes."""
-        self._stopping_at = time.monotonic()
+        self._stopping_at = now
         name = signal.Signals(self._last_signal).name if self._last_signal else "signal"
         queued = sum(c.out.pending for c in self.clients.values())
         log.info(
