@@ -24,6 +24,7 @@
   exercise starts and continued a second later (`fg`).  `sigint`: when the
   exercise prints a line asking for Enter, the server gets SIGINT (Ctrl-C),
   then the exercise gets its Enter.
+  Each exercise also runs once on `--backend select` and must print the same.
 """
 
 from __future__ import annotations
@@ -512,6 +513,18 @@ def test_exercise_does_what_the_guide_says(rat_server: RatServer, exercise: Exer
         time.sleep(0.05)
     if "sigint" in exercise.options:
         assert server.wait() == 0
+
+
+@pytest.mark.parametrize("exercise", ALL_EXERCISES, ids=lambda ex: ex.id)
+def test_exercise_prints_the_same_on_the_select_backend(
+    rat_server: RatServer, exercise: Exercise
+) -> None:
+    """Chapter 7 says the portable backend behaves the same: hold it to that."""
+    if any(flag.startswith("--backend") for flag in exercise.flags):
+        pytest.skip("the guide chose the backend")
+    preexec = _limit_nofile(exercise.nofile) if exercise.nofile else None
+    server = rat_server(*exercise.flags, "--backend", "select", preexec=preexec)
+    assert run_exercise(exercise, server) == exercise.expected
 
 
 def test_trace_matching_abstracts_fds_and_ports() -> None:
