@@ -84,6 +84,22 @@ def test_any_changed_byte_is_malformed(size: int, data: st.DataObject) -> None:
     assert parse_line(bytes(line), size) != (7, 1234, 987654321)
 
 
+@given(size=st.integers(MIN_LINE_SIZE, 100), data=st.data())
+def test_frame_regex_agrees_with_parse_line(size: int, data: st.DataObject) -> None:
+    """The reference receiver's in-place regex check accepts exactly what parse_line does."""
+    line = bytearray(encode_line(12, 345, 6789, size))
+    for _ in range(data.draw(st.integers(0, 2))):
+        line[data.draw(st.integers(0, size - 1))] = data.draw(st.integers(0, 255))
+    raw = bytes(line)
+    for wire in (LineWire(size), RedisWire(size)):
+        frame = raw if isinstance(wire, LineWire) else wire.frame_prefix + raw[:-1] + b"\r\n"
+        if raw[-1:] != b"\n":
+            frame = frame[:-1] + b"!"  # keep the frame's size, break its end
+        m = wire.frame_re.fullmatch(frame)
+        got = None if m is None else (int(m[1]), int(m[2]), int(m[3]))
+        assert got == parse_line(raw, size)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

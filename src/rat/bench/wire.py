@@ -30,6 +30,8 @@ Two wire formats carry these lines:
 
 from __future__ import annotations
 
+import re
+
 PUBID_WIDTH = 5
 SEQ_WIDTH = 10
 TIME_WIDTH = 19
@@ -133,6 +135,20 @@ class Wire:
         padding(line_size)  # validates the size
         self.line_size = line_size
         self.frame_size = line_size
+        self.frame_re = self._frame_pattern(b"", b"\n")
+
+    def _frame_pattern(self, prefix: bytes, suffix: bytes) -> re.Pattern[bytes]:
+        """A regex for one well-formed data frame: groups pubid, seq, send_ns.
+
+        `pattern.match(buf, pos)` checks a frame in place, in C: the
+        reference receiver's per-line check (see `parse_line` for the rules).
+        """
+        return re.compile(
+            re.escape(prefix)
+            + rb"([0-9]{%d}) ([0-9]{%d}) ([0-9]{%d})" % (PUBID_WIDTH, SEQ_WIDTH, TIME_WIDTH)
+            + re.escape(padding(self.line_size))
+            + re.escape(suffix)
+        )
 
     def publish(self, lines: list[bytes]) -> bytes:
         """The bytes to send for these lines (each includes its newline)."""
@@ -169,6 +185,7 @@ class RedisWire(Wire):
         self.frame_prefix = b"*3\r\n" + _resp_bulk(b"message") + _resp_bulk(channel)
         self.frame_prefix += b"$%d\r\n" % payload
         self.frame_size = len(self.frame_prefix) + payload + 2
+        self.frame_re = self._frame_pattern(self.frame_prefix, b"\r\n")
         self._publish_prefix = b"*3\r\n" + _resp_bulk(b"PUBLISH") + _resp_bulk(channel)
 
     def publish(self, lines: list[bytes]) -> bytes:
