@@ -577,7 +577,7 @@ def faulty() -> Iterator[Callable[..., FaultyRelay]]:
 def faulty_chat(relay: FaultyRelay) -> dict[str, Any]:
     return bench(
         relay.port, "chat", "--clients", "3", "--rate", "300", "--max-lines", "240",
-        "--duration", "3", "--grace", "1",
+        "--duration", "3", "--grace", "2",
     )  # fmt: skip
 
 
@@ -609,7 +609,7 @@ def test_swapped_lines_are_reordered(faulty: Callable[..., FaultyRelay]) -> None
     relay = faulty(swap)
     s = bench(
         relay.port, "fanout", "--subscribers", "3", "--max-lines", "200", "--rate", "400",
-        "--duration", "3", "--grace", "1",
+        "--duration", "3", "--grace", "2",
     )  # fmt: skip
     # One publisher: each of the 3 subscribers gets its line 31 before its line 30.
     assert s["reordered"] == 3
