@@ -29,7 +29,7 @@ def test_random_partial_sends_preserve_bytes(chunks: list[bytes], rnd: random.Ra
         # Interleave appends with partial sends, as the server does.
         if pending and rnd.random() < 0.5:
             chunk = pending.pop(0)
-            assert buf.append(chunk)
+            buf.append(chunk)
             queued += chunk
             continue
         if not buf:
@@ -42,14 +42,15 @@ def test_random_partial_sends_preserve_bytes(chunks: list[bytes], rnd: random.Ra
     assert buf.peek() == []
 
 
-def test_append_refuses_past_limit() -> None:
+def test_over_limit_only_past_the_limit() -> None:
     buf = OutBuffer(limit=10)
-    assert buf.append(b"12345")
-    assert buf.append(b"12345")
-    assert not buf.append(b"x")
-    assert buf.pending == 10
-    buf.append_final(b"ERR\n")
-    assert buf.pending == 14
+    buf.append(b"12345")
+    buf.append(b"12345")
+    assert not buf.over_limit  # exactly at the limit is allowed
+    buf.append(b"x")
+    assert buf.over_limit
+    buf.advance(1)
+    assert not buf.over_limit  # sending brings it back under
 
 
 def test_chunks_are_shared_not_copied() -> None:

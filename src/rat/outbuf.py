@@ -6,9 +6,11 @@ client, not a copy.  The socket takes what it can (`send` may accept only part
 of it); `peek()` offers the unsent bytes as a list of buffers for one
 `sendmsg()`, and `advance(n)` drops the `n` bytes the kernel accepted.
 
-The queue owns the pending-bytes limit: `append` refuses a chunk that would
-take the queue past `limit` bytes, and the caller disconnects that client as a
-slow consumer.  Kernel socket buffers are not counted: only what waits here.
+The queue owns the pending-bytes limit: `over_limit` turns true once more
+than `limit` bytes wait here, and the caller disconnects that client as a
+slow consumer.  The caller appends, tries to send, and only then asks, so
+the limit measures what a client leaves behind, not how much one busy loop
+turn produced.  Kernel socket buffers are not counted: only what waits here.
 """
 
 from __future__ import annotations
@@ -38,21 +40,17 @@ class OutBuffer:
     def __bool__(self) -> bool:
         return self.pending > 0
 
-    def append(self, chunk: bytes | memoryview) -> bool:
-        """Queue `chunk` (not copied).  False if that would pass the limit."""
-        size = self.pending + len(chunk)
-        if size > self.limit:
-            return False
+    @property
+    def over_limit(self) -> bool:
+        """More than `limit` bytes are waiting."""
+        return self.pending > self.limit
+
+    def append(self, chunk: bytes | memoryview) -> None:
+        """Queue `chunk` (not copied)."""
         if self._chunks is None:
             self._chunks = deque()
         self._chunks.append(chunk)
-        self.pending = size
-        return True
-
-    def append_final(self, chunk: bytes | memoryview) -> None:
-        """Queue a last message (an ERR line) whatever the limit says."""
-        self.limit = max(self.limit, self.pending + len(chunk))
-        self.append(chunk)
+        self.pending += len(chunk)
 
     def discard_after_current(self) -> list[bytes | memoryview]:
         """Drop everything queued except the unsent rest of a partly sent chunk.

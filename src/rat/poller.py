@@ -216,28 +216,29 @@ class TracingPoller(Poller):
         self._describe = describe
         self._out = out
 
-    def _say(self, text: str) -> None:
+    def note(self, text: str) -> None:
+        """Print one trace line (the server adds its own, e.g. short sends)."""
         self._out.write(f"trace: {text}\n")
         self._out.flush()
 
     def register(self, fd: int, interest: int) -> None:
         self.inner.register(fd, interest)
-        self._say(f"register   fd={fd} {self._describe(fd)} interest={describe_mask(interest)}")
+        self.note(f"register   fd={fd} {self._describe(fd)} interest={describe_mask(interest)}")
 
     def modify(self, fd: int, interest: int) -> None:
         self.inner.modify(fd, interest)
-        self._say(f"modify     fd={fd} {self._describe(fd)} interest={describe_mask(interest)}")
+        self.note(f"modify     fd={fd} {self._describe(fd)} interest={describe_mask(interest)}")
 
     def unregister(self, fd: int) -> None:
-        self._say(f"unregister fd={fd} {self._describe(fd)}")
+        self.note(f"unregister fd={fd} {self._describe(fd)}")
         self.inner.unregister(fd)
 
     def poll(self, timeout: float | None) -> list[Event]:
         events = self.inner.poll(timeout)
         if events:
-            self._say(f"poll -> {len(events)} event{'s' if len(events) > 1 else ''}")
+            self.note(f"poll -> {len(events)} event{'s' if len(events) > 1 else ''}")
         for fd, mask in events:
-            self._say(f"  event    fd={fd} {self._describe(fd)} {describe_mask(mask)}")
+            self.note(f"  event    fd={fd} {self._describe(fd)} {describe_mask(mask)}")
         return events
 
     def close(self) -> None:

@@ -220,7 +220,10 @@ class Server:
         self.clients: dict[int, Client] = {}
         self.hub = Hub(echo)
         self.counters = Counters()
-        self.poller = TracingPoller(poller, self._describe_fd) if trace else poller
+        # --trace wraps the poller; `_trace` also lets the loop note the few
+        # things the poller cannot see (resumed reads, short sends).
+        self._trace = TracingPoller(poller, self._describe_fd) if trace else None
+        self.poller: Poller = self._trace or poller
 
         # Self-pipe for signals: the C-level handler writes the signal number
         # here, which wakes poll() at once (not at the next timeout).
@@ -289,6 +292,8 @@ class Server:
             for client in unfinished:
                 # Skip one that an event already had us read (and re-queue).
                 if not stopping and client not in self._unfinished:
+                    if self._trace:
+                        self._trace.note(f"resume     fd={client.fd} {client.addr} (read budget)")
                     self._on_readable(client)
             self._deliver()
             self._reap()
@@ -344,6 +349,7 @@ class Server:
                 if err.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # the connection died in the backlog; next one
                 raise
+            self._accept_backoff = ACCEPT_BACKOFF_MIN  # descriptors are back
             self._add_client(sock, format_addr(addr))
 
     def _add_client(self, sock: socket.socket, addr: str) -> None:
@@ -372,11 +378,40 @@ class Server:
         sock.close()
 
     def _shed_one(self, err: OSError) -> bool:
-        """Out of descriptors: shed one pending connection via the reserve fd.
+        """accept() failed for lack of descriptors: shed one waiting connection.
 
-        Returns True if one was shed (the accept loop goes on, draining the
-        backlog), False if accepting is now paused with a back-off.
+        Linux reserves the new descriptor before looking at the backlog, so
+        EMFILE can mean "no descriptor" with nobody waiting at all.  Freeing
+        the reserve descriptor tells the two apart: accept() then returns the
+        waiting connection (told `ERR server busy` and closed: shed) or
+        raises BlockingIOError (nobody waiting; the next connection will
+        trigger a new event).  Returns True if one was shed and the accept
+        loop should go on draining the backlog.
         """
+        listener = self.listener
+        if self._reserve_fd is None or listener is None:
+            # No spare descriptor (another process took it: ENFILE): stop
+            # watching the listener for a while, so a backlog that cannot be
+            # drained does not wake us in a loop.
+            self._note_emfile(err)
+            self._pause_accept()
+            return False
+        os.close(self._reserve_fd)
+        self._reserve_fd = None
+        try:
+            sock, addr = listener.accept()
+        except OSError:  # BlockingIOError: nobody was waiting
+            sock = None
+        if sock is not None:
+            self._note_emfile(err)
+            self.counters.rejected_busy += 1
+            log.debug("refused %s: out of file descriptors", format_addr(addr))
+            self._refuse(sock, ERR_SERVER_BUSY)
+        self._reserve_fd = self._open_reserve()
+        return sock is not None and self._reserve_fd is not None
+
+    def _note_emfile(self, err: OSError) -> None:
+        """Count a descriptor shortage that cost a connection; log it (rate-limited)."""
         self.counters.emfile += 1
         now = time.monotonic()
         if now - self._last_emfile_log >= 1.0:
@@ -386,40 +421,23 @@ class Server:
                 os.strerror(err.errno or 0),
                 len(self.clients),
             )
-        if self._reserve_fd is not None and self.listener is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
-            try:
-                sock, _ = self.listener.accept()
-            except BlockingIOError:
-                sock = None
-            except OSError:
-                sock = None
-            if sock is not None:
-                self.counters.rejected_busy += 1
-                self._refuse(sock, ERR_SERVER_BUSY)
-            self._reserve_fd = self._open_reserve()
-            if sock is not None and self._reserve_fd is not None:
-                return True
-        # No reserve (ENFILE: another process took the slot): stop watching
-        # the listener and try again later, backing off, so a full backlog
-        # cannot spin the loop.
-        self._pause_accept(now)
-        return False
 
-    def _pause_accept(self, now: float) -> None:
+    def _pause_accept(self) -> None:
+        """Stop watching the listener for a back-off period (doubling, capped)."""
         if self.listener is not None and not self._accept_paused_until:
             self.poller.unregister(self.listen_fd)
-        self._accept_paused_until = now + self._accept_backoff
+        self._accept_paused_until = time.monotonic() + self._accept_backoff
+        log.warning("accept paused for %.2fs (out of file descriptors)", self._accept_backoff)
         self._accept_backoff = min(self._accept_backoff * 2, ACCEPT_BACKOFF_MAX)
 
     def _resume_accept(self) -> None:
         self._accept_paused_until = 0.0
-        if self.listener is not None:
-            # Registering re-checks readiness: a waiting connection reports now.
-            self.poller.register(self.listen_fd, READABLE)
         if self._reserve_fd is None:
             self._reserve_fd = self._open_reserve()
+        if self.listener is not None:
+            log.info("accepting again")
+            # Registering re-checks readiness: a waiting connection reports now.
+            self.poller.register(self.listen_fd, READABLE)
 
     @staticmethod
     def _open_reserve() -> int | None:
@@ -524,20 +542,24 @@ class Server:
             self._enqueue(client, turn, now)
 
     def _enqueue(self, client: Client, turn: Turn, now: float) -> None:
+        """Queue this turn's lines for `client` and, unless it is blocked, send.
+
+        The limit is checked after the send attempt: it is about what a
+        client leaves waiting here, not about how much a busy turn produced.
+        """
         chunks, lines = turn.chunks_for(client)
         if not chunks:
             return
         out = client.out
         if not out:
             client.last_progress = now  # the write-timeout clock starts now
-        append = out.append
         for chunk in chunks:
-            if not append(chunk):
-                self._drop_slow_consumer(client)
-                return
+            out.append(chunk)
         self.counters.deliveries += lines
         if not client.interest & WRITABLE:
             self._flush(client)
+        if out.over_limit and client.state == OPEN:
+            self._drop_slow_consumer(client)
 
     # --------------------------------------------------------------- send
 
@@ -571,6 +593,11 @@ class Server:
             # Go round again only if sendmsg's buffer cap, not the kernel,
             # stopped us: a short send means the socket buffer is full.
             if len(buffers) < MAX_BUFFERS_PER_SEND or sent < sum(map(len, buffers)):
+                if out and self._trace:
+                    self._trace.note(
+                        f"send       fd={client.fd} {client.addr} took {sent} of"
+                        f" {sent + out.pending} bytes"
+                    )
                 break
         if not out and client.state == LINGER:
             self._finish_reject(client)
@@ -605,7 +632,7 @@ class Server:
         client.close_reason = reason
         client.deadline = time.monotonic() + LINGER_SECONDS
         self._lingering.add(client)
-        client.out.append_final(message)
+        client.out.append(message)  # past --max-pending is fine: it is the last
         if not client.interest & WRITABLE:
             self._flush(client)
 
