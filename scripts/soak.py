@@ -281,8 +281,9 @@ def stalled_reader(
                 for _ in range(burst // len(piece)):
                     companion.sendall(piece)
                     time.sleep(0.005)
-                if sleep_until(stop, rng.uniform(20.0, 25.0)):
-                    break
+            # (The companion is gone: it does not read either, and would be dropped too.)
+            if sleep_until(stop, rng.uniform(20.0, 25.0)):
+                break
             sock.settimeout(0.2)
             while True:
                 if sock.recv_into(scratch) == 0:
