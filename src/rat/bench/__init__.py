@@ -250,7 +250,11 @@ def run(args: argparse.Namespace) -> int:
     def fail(message: str) -> None:
         print(f"rat bench: {message}", file=sys.stderr)
 
-    summary = run_and_summarize(cfg, fail)
+    try:
+        summary = run_and_summarize(cfg, fail)
+    except KeyboardInterrupt:
+        fail("interrupted")
+        return 130
     if summary is None:
         return 3
     if args.json:

@@ -44,6 +44,7 @@ import gc
 import os
 import resource
 import select
+import signal
 import socket
 import time
 import traceback
@@ -320,6 +321,7 @@ class Worker:
         if isinstance(self.wire, RedisWire):
             self.sync_frame = self.wire.frame_prefix + self.sync[:-1] + b"\r\n"
         self.next_progress = 0
+        self.aborted = False  # the coordinator gave up (or went away)
         self.last_trim = 0
 
     # -- set-up -------------------------------------------------------------
@@ -531,7 +533,7 @@ class Worker:
         poll = self.poller.poll
         on_data = self._on_data
         out = self.poller.OUT
-        while not done():
+        while not (done() or self.aborted):
             now = time.monotonic_ns()
             if now >= deadline_ns:
                 return
@@ -589,9 +591,12 @@ class Worker:
     def _read_pipe(self) -> None:
         while self.pipe.poll():
             try:
-                self.messages.append(self.pipe.recv())
-            except EOFError:
-                self.messages.append(("abort",))
+                msg = self.pipe.recv()
+            except (EOFError, OSError):
+                msg = ("abort",)
+            self.messages.append(msg)
+            if msg[0] == "abort":
+                self.aborted = True
                 return
 
     def _progress(self) -> None:
@@ -974,8 +979,16 @@ def _wait_message(worker: Worker, kind: str, deadline_ns: int) -> tuple[Any, ...
     raise BenchError(f"timed out waiting for {kind!r} from the coordinator")
 
 
+def _report_error(pipe: Connection, index: int, message: str) -> None:
+    try:
+        pipe.send(("error", index, message))
+    except OSError:
+        pass  # the coordinator is gone: nobody to tell
+
+
 def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
     """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the coordinator stops us
     raise_nofile()
     worker = Worker(plan, pipe)
     try:
@@ -1035,9 +1048,9 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
         worker.finish(published)
         pipe.send(("result", plan.index, worker.result))
     except BenchError as err:
-        pipe.send(("error", plan.index, str(err)))
+        _report_error(pipe, plan.index, str(err))
     except Exception as err:  # a bug: report it rather than hang the coordinator
-        pipe.send(("error", plan.index, f"worker crashed: {err!r}\n{traceback.format_exc()}"))
+        _report_error(pipe, plan.index, f"worker crashed: {err!r}\n{traceback.format_exc()}")
     finally:
         worker.close()
         pipe.close()
