@@ -355,10 +355,11 @@ def assert_clean(s: dict[str, Any]) -> None:
     assert s["latency_samples"] > 0
 
 
-CHAT = ["chat", "--clients", "5", "--rate", "400", "--duration", "1.5", "--grace", "5"]
-FANOUT = ["fanout", "--subscribers", "20", "--duration", "1.5", "--grace", "5"]
+CHAT = ["chat", "--clients", "5", "--rate", "400", "--duration", "1", "--grace", "5"]
+FANOUT = ["fanout", "--subscribers", "20", "--duration", "1", "--grace", "5"]
 FANOUT2 = ["fanout", "--publishers", "3", "--subscribers", "8", "--workers", "2", "--duration", "1"]
 IDLE = ["idle", "--connections", "200", "--hold", "0.3"]
+IDS = ["chat", "fanout", "fanout-3-publishers-2-workers", "idle"]
 
 
 class PeerProcess:
@@ -397,7 +398,7 @@ def asyncio_peer() -> Iterator[PeerProcess]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [CHAT, FANOUT, FANOUT2, IDLE], ids=lambda a: a[0])
+@pytest.mark.parametrize("scenario", [CHAT, FANOUT, FANOUT2, IDLE], ids=IDS)
 def test_smoke_asyncio_peer(asyncio_peer: PeerProcess, scenario: list[str]) -> None:
     s = bench(asyncio_peer.port, *scenario, pid=asyncio_peer.proc.pid)
     assert_clean(s)
@@ -405,7 +406,7 @@ def test_smoke_asyncio_peer(asyncio_peer: PeerProcess, scenario: list[str]) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [CHAT, FANOUT, FANOUT2, IDLE], ids=lambda a: a[0])
+@pytest.mark.parametrize("scenario", [CHAT, FANOUT, FANOUT2, IDLE], ids=IDS)
 def test_smoke_rat(rat_server: Callable[..., ServerProcess], scenario: list[str]) -> None:
     server = rat_server()
     s = bench(server.port, *scenario, pid=server.proc.pid)
@@ -484,7 +485,7 @@ def redis_port() -> Iterator[tuple[int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [CHAT, FANOUT, IDLE], ids=lambda a: a[0])
+@pytest.mark.parametrize("scenario", [CHAT, FANOUT, IDLE], ids=["chat", "fanout", "idle"])
 def test_smoke_redis(redis_port: tuple[int, int], scenario: list[str]) -> None:
     port, pid = redis_port
     s = bench(port, *scenario, "--proto", "redis", pid=pid)
