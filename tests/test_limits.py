@@ -655,6 +655,16 @@ def test_sigint_exits_promptly(rat_server: RatServer, backend: str) -> None:
     assert_no_traceback(server)
 
 
+def test_signal_right_after_listening_line_exits_0(rat_server: RatServer) -> None:
+    """Once `listening on` is logged, a signal must already get the clean stop (exit 0)."""
+    for signum in [signal.SIGINT, signal.SIGTERM] * 6:
+        server = rat_server()
+        server.signal(signum)  # at once: no pause after the readiness line
+        code = server.wait(5)
+        assert code == 0, f"{signal.Signals(signum).name} right after start: exit {code}"
+        assert "counters:" in server.stderr
+
+
 def test_sigterm_idle_clients_get_eof(rat_server: RatServer) -> None:
     server = rat_server()
     a, b = connect(server), connect(server)
