@@ -157,14 +157,17 @@ def serve(args: argparse.Namespace) -> int:
     host, port = listener.getsockname()[:2]
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server = Server(listener, poller, limits, echo=args.echo, trace=args.trace)
-    log.info(
-        "listening on %s (backend %s, descriptor limit %d%s)",
-        shown,
-        poller.name,
-        nofile,
-        ", echo on" if args.echo else "",
-    )
-    return server.serve_forever()
+
+    def announce() -> None:
+        log.info(
+            "listening on %s (backend %s, descriptor limit %d%s)",
+            shown,
+            poller.name,
+            nofile,
+            ", echo on" if args.echo else "",
+        )
+
+    return server.serve_forever(ready=announce)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

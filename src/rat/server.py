@@ -255,10 +255,17 @@ class Server:
 
     # ----------------------------------------------------------------- run
 
-    def serve_forever(self) -> int:
-        """Run until SIGINT/SIGTERM; then flush, close everything, return 0."""
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> int:
+        """Run until SIGINT/SIGTERM; then flush, close everything, return 0.
+
+        `ready` is called once the signal handlers are in place (the CLI logs
+        "listening on" there): a signal sent as soon as that line appears is
+        already handled gracefully.
+        """
         restore_signals = self._install_signal_handlers()
         try:
+            if ready is not None:
+                ready()
             self._run()
         finally:
             self._close_all()
