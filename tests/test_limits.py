@@ -370,6 +370,28 @@ def test_fast_reader_survives_an_unthrottled_sender(rat_server: RatServer) -> No
     assert_no_traceback(server)
 
 
+def test_burst_bigger_than_max_pending_reaches_a_reading_client(
+    rat_server: RatServer, backend: str
+) -> None:
+    """--max-pending counts what a client leaves queued, not how much one turn carried.
+
+    One 640 kB sendall against a 100 kB limit: a receiver that reads all along gets
+    every byte, and nobody is dropped as a slow consumer.
+    """
+    server = rat_server("--backend", backend, "--max-pending", "100000")
+    reader, sender = connect(server), connect(server)
+    sync_clients(server, [reader])
+    lines = [b"%07d " % i + b"z" * 55 + b"\n" for i in range(10000)]
+    got: list[bytes] = []
+    receiving = threading.Thread(target=lambda: got.extend(recv_lines(reader, len(lines), 20)))
+    receiving.start()
+    sender.sendall(b"".join(lines))
+    receiving.join(30)
+    assert got == lines
+    assert "slow consumer" not in server.stderr
+    assert_no_traceback(server)
+
+
 # ---------------------------------------------------------------- --write-timeout
 
 

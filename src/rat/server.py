@@ -25,7 +25,8 @@ on Linux, see `rat.poller`).  One *turn* of the loop is:
    `send`/`sendmsg`.  Many lines from many senders cost one syscall per
    receiver per turn, the same idea as Redis writing replies once per loop.
    (A turn that gathers `TURN_BYTES` is delivered early, mid-turn, so a
-   flood never builds one delivery bigger than a client's queue limit.)
+   flood never builds one delivery bigger than a client's queue limit;
+   with a small `--max-pending` the turn and the reads shrink to match.)
 4. Whatever the kernel did not take stays queued; only then do we ask the
    poller for WRITABLE on that client, and we drop that interest as soon as
    the queue drains.  Asking for WRITABLE on an empty queue would wake us for
@@ -214,7 +215,12 @@ class Server:
         echo: bool = False,
         trace: bool = False,
     ) -> None:
-        self.limits = limits or Limits()
+        self.limits = limits = limits or Limits()
+        # Reads and turns stay well below --max-pending, so that one busy
+        # turn alone can never make a client that reads at full speed look
+        # like a slow consumer.
+        self._turn_bytes = min(TURN_BYTES, max(4096, limits.max_pending // 4))
+        self._recv_size = min(RECV_SIZE, self._turn_bytes)
         self.listener: socket.socket | None = listener
         self.listen_fd = listener.fileno()
         self.clients: dict[int, Client] = {}
@@ -463,7 +469,7 @@ class Server:
         budget = READ_BUDGET
         while True:
             try:
-                data = recv(RECV_SIZE)
+                data = recv(self._recv_size)
             except BlockingIOError:
                 return
             except OSError as err:
@@ -498,7 +504,7 @@ class Server:
             return
         if block:
             self.counters.lines_in += self.hub.publish(client, block)
-            if self.hub.size >= TURN_BYTES:
+            if self.hub.size >= self._turn_bytes:
                 self._deliver()
 
     def _on_eof(self, client: Client) -> None:
