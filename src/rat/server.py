@@ -544,15 +544,49 @@ class Server:
     # ------------------------------------------------------------ fan-out
 
     def _deliver(self) -> None:
-        """Hand this turn's lines to every client and try to send them now."""
+        """Hand this turn's lines to every client and try to send them now.
+
+        The common case gets a fast path: a client that did not publish this
+        turn and has nothing queued is sent the shared bytes directly, and
+        only what the kernel does not take goes into its `OutBuffer`.  Everyone
+        else (senders, who get the turn minus their own lines, and clients with
+        a backlog, whose new bytes must queue behind it) goes through
+        `_enqueue`.
+        """
         turn = self.hub.take_turn()
         if turn is None:
             return
         now = time.monotonic()
+        data = turn.data
+        size = len(data)
+        own = turn.own
+        delivered = sent_total = 0
         for client in self.clients.values():
             if client.state != OPEN:
                 continue
-            self._enqueue(client, turn, now)
+            if client.out.pending or client in own:
+                self._enqueue(client, turn, now)
+                continue
+            delivered += turn.lines
+            try:
+                sent = client.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as err:
+                self._close(client, _reason(err))
+                continue
+            sent_total += sent
+            if sent < size:
+                if self._trace:
+                    self._trace_short_send(client, sent, size)
+                client.last_progress = now  # the write-timeout clock starts now
+                client.out.append(memoryview(data)[sent:] if sent else data)
+                if client.out.over_limit:
+                    self._drop_slow_consumer(client)
+                else:
+                    self._update_interest(client)  # ask for WRITABLE
+        self.counters.deliveries += delivered
+        self.counters.bytes_out += sent_total
 
     def _enqueue(self, client: Client, turn: Turn, now: float) -> None:
         """Queue this turn's lines for `client` and, unless it is blocked, send.
@@ -607,16 +641,17 @@ class Server:
             # stopped us: a short send means the socket buffer is full.
             if len(buffers) < MAX_BUFFERS_PER_SEND or sent < sum(map(len, buffers)):
                 if out and self._trace:
-                    self._trace.note(
-                        f"send       fd={client.fd} {client.addr} took {sent} of"
-                        f" {sent + out.pending} bytes"
-                    )
+                    self._trace_short_send(client, sent, sent + out.pending)
                 break
         if not out and client.state == LINGER:
             self._finish_reject(client)
             if client.state == CLOSED:
                 return
         self._update_interest(client)
+
+    def _trace_short_send(self, client: Client, sent: int, queued: int) -> None:
+        assert self._trace is not None
+        self._trace.note(f"send       fd={client.fd} {client.addr} took {sent} of {queued} bytes")
 
     def _update_interest(self, client: Client) -> None:
         """Watch for READABLE unless the peer sent EOF; WRITABLE only while queued."""
