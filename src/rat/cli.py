@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rat import __version__
+from rat.argtypes import real_number, whole_number
 from rat.framing import DEFAULT_MAX_LINE
 from rat.outbuf import DEFAULT_MAX_PENDING
 from rat.poller import make_poller
@@ -19,34 +19,9 @@ from rat.server import Limits, Server, open_listener, raise_nofile_limit
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535: {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
+_positive_int = whole_number(1)
+_port = whole_number(0, 65535)
+_seconds = real_number(above=0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,50 +27,17 @@ import json
 import sys
 from typing import Any
 
+from rat.argtypes import real_number, whole_number
 from rat.bench.runner import Config, progress_enabled, run_and_summarize
 from rat.bench.wire import MIN_LINE_SIZE
 
 __all__ = ["add_arguments", "format_table", "run"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {text!r}")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 100_000_000:
-        raise argparse.ArgumentTypeError(f"rate out of range: {text!r}")
-    return value
+_positive_int = whole_number(1)
+_count = whole_number(0)
+_seconds = real_number(above=0, maximum=3600)
+_rate = real_number(at_least=0, maximum=100_000_000)
 
 
 def _line_size(text: str) -> int:
