@@ -27,6 +27,17 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a child we started: SIGTERM, then SIGKILL if it lingers past 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServerProcess:
     """A running `rat serve` child process and what it wrote to stderr."""
 
@@ -101,13 +112,7 @@ class ServerProcess:
         return code
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._reader.join(5)
         # Close our end of the stderr pipe, or its garbage collection raises a
         # ResourceWarning that `filterwarnings = error` turns into a test error.

@@ -16,7 +16,6 @@ import json
 import os
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess
+from conftest import ServerProcess, terminate
 from rat.bench import add_arguments, config_from_args
 from rat.bench.check import LatencyHistogram, SeqTracker, percentiles, round_down_3
 from rat.bench.wire import (
@@ -377,13 +376,7 @@ class PeerProcess:
         self.port = int(line.rsplit(":", 1)[1])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
