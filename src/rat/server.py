@@ -78,9 +78,6 @@ ERR_SLOW_CONSUMER = b"ERR slow consumer\n"
 ERR_SERVER_FULL = b"ERR server full\n"
 ERR_SERVER_BUSY = b"ERR server busy\n"
 
-# Connection errors that mean "this peer is gone": closed quietly.
-PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:
