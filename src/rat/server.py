@@ -776,8 +776,11 @@ class Server:
         """Route SIGINT/SIGTERM to the loop; return a function that undoes it."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            # Runs between bytecodes of the main thread; the wakeup fd has
-            # already made poll() return.  Only record; the loop acts.
+            # Python runs this between bytecodes of the main thread: if we
+            # were in poll(), when the interrupted call returns, before
+            # retrying it; the retried poll() then returns at once because
+            # the C-level handler already wrote to the wakeup socket.  Any
+            # line of the loop may be interrupted, so only record.
             del frame
             self._signals += 1
             self._last_signal = signum
