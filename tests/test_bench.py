@@ -30,9 +30,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ServerProcess, terminate
-from rat.bench import add_arguments, config_from_args
-from rat.bench.check import LatencyHistogram, SeqTracker, percentiles, round_down_3
-from rat.bench.wire import (
+from ratbench import add_arguments, config_from_args
+from ratbench.check import LatencyHistogram, SeqTracker, percentiles, round_down_3
+from ratbench.wire import (
     MIN_LINE_SIZE,
     LineEncoder,
     LineWire,
@@ -327,10 +327,10 @@ def test_arguments() -> None:
 
 
 def bench(port: int, *argv: str, pid: int | None = None, timeout: float = 60) -> dict[str, Any]:
-    """Run `python -m rat.bench ... --json`; return the summary (and check the exit code)."""
+    """Run `python -m ratbench ... --json`; return the summary (and check the exit code)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "rat.bench", *argv, "--port", str(port), "--json"]
+    cmd = [sys.executable, "-m", "ratbench", *argv, "--port", str(port), "--json"]
     if pid is not None:
         cmd += ["--server-pid", str(pid)]
     proc = subprocess.run(
@@ -417,7 +417,7 @@ def test_smoke_rat_table_output(rat_server: Callable[..., ServerProcess]) -> Non
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "rat.bench", *CHAT, "--port", str(server.port)],
+        [sys.executable, "-m", "ratbench", *CHAT, "--port", str(server.port)],
         env=env,
         capture_output=True,
         timeout=60,
@@ -436,7 +436,7 @@ def test_unreachable_server_fails_cleanly() -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
         proc = subprocess.run(
-            [sys.executable, "-m", "rat.bench", "chat", "--port", str(port), "--duration", "1"],
+            [sys.executable, "-m", "ratbench", "chat", "--port", str(port), "--duration", "1"],
             env=env,
             capture_output=True,
             timeout=60,

@@ -24,7 +24,7 @@ _port = whole_number(0, 65535)
 _seconds = real_number(above=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rat", description="rat: an epoll TCP line-broadcast server."
     )
@@ -95,9 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="load-test a line-broadcast server (rat, or any server speaking the protocol)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench_module = _bench_module()
-    if bench_module is not None and hasattr(bench_module, "add_arguments"):
-        bench_module.add_arguments(bench)
+    # The load generator is its own package (`ratbench`); it is imported only
+    # when `rat bench` runs, so `rat serve` never loads it.
+    if with_bench:
+        bench_module = _bench_module()
+        if bench_module is not None:
+            bench_module.add_arguments(bench)
     return parser
 
 
@@ -146,7 +149,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_bench="bench" in argv).parse_args(argv)
     if args.command == "serve":
         return serve(args)
     bench_module = _bench_module()
@@ -157,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench_module() -> Any:
-    """`rat.bench`, imported only when the CLI is built (it is not server code)."""
+    """`ratbench`, the load generator: imported only for `rat bench`."""
     try:
-        return importlib.import_module("rat.bench")
+        return importlib.import_module("ratbench")
     except ModuleNotFoundError:
         return None

@@ -9,7 +9,7 @@ Scenarios:
   one of them must receive.
 
 Every line carries its publisher id, sequence number and send time; every
-line received is checked (see `rat.bench.worker`).  The report gives
+line received is checked (see `ratbench.worker`).  The report gives
 published and delivered lines/s, latency percentiles, lost, reordered,
 duplicated and malformed lines (all must be 0), and with `--server-pid` the
 server's CPU time, its nanoseconds of CPU per delivered line and its memory.
@@ -17,7 +17,7 @@ It also reports the generator's own CPU use and says when the generator, not
 the server, was the bottleneck.
 
 Entry points: `add_arguments(parser)` and `run(args)` (the `rat bench`
-subcommand), or `python -m rat.bench`.
+subcommand), or `python -m ratbench`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import sys
 from typing import Any
 
 from rat.argtypes import real_number, whole_number
-from rat.bench.runner import Config, progress_enabled, run_and_summarize
-from rat.bench.wire import MIN_LINE_SIZE
+from ratbench.runner import Config, progress_enabled, run_and_summarize
+from ratbench.wire import MIN_LINE_SIZE
 
 __all__ = ["add_arguments", "format_table", "run"]
 

@@ -4,7 +4,7 @@ Theory of operation
 ===================
 A worker owns a share of the run's connections and drives them from one
 level-triggered epoll loop over non-blocking sockets.  The coordinator
-(`rat.bench.runner`) talks to it over a pipe whose end sits in the same
+(`ratbench.runner`) talks to it over a pipe whose end sits in the same
 epoll set, in phases: connect -> "ready"; wait for the sync line on every
 receiver -> "synced"; "go" -> publish until the end time -> "published";
 "expect" (what every publisher sent) -> receive until every receiver has
@@ -75,9 +75,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from rat.bench.check import LatencyHistogram, SeqTracker
-from rat.bench.procstat import runqueue_wait_ns, self_cpu_ns
-from rat.bench.wire import (
+from ratbench.check import LatencyHistogram, SeqTracker
+from ratbench.procstat import runqueue_wait_ns, self_cpu_ns
+from ratbench.wire import (
     LineEncoder,
     RedisWire,
     RespReader,

@@ -1,6 +1,6 @@
 """The coordinator: plan a scenario, start the workers, pace the phases, add up.
 
-Phases (see `rat.bench.worker` for the worker's side):
+Phases (see `ratbench.worker` for the worker's side):
 
 1. Read the server's memory (idle scenario: before anything connects).
 2. Fork the workers; each connects its share and says "ready".
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from rat.bench.check import LatencyHistogram
-from rat.bench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
-from rat.bench.wire import encode_line, make_wire, sync_line
-from rat.bench.worker import BenchError, WorkerPlan, WorkerResult, raise_nofile, worker_main
+from ratbench.check import LatencyHistogram
+from ratbench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
+from ratbench.wire import encode_line, make_wire, sync_line
+from ratbench.worker import BenchError, WorkerPlan, WorkerResult, raise_nofile, worker_main
 
 GO_DELAY_NS = 50_000_000  # "go" names a start this far ahead, so workers start together
 REPEAT_S = 1.0  # the sync line is sent again this often until every receiver has it
