@@ -505,7 +505,7 @@ def test_eof_without_partial_line_relays_nothing(
 def test_reset_client_does_not_disturb_others(
     rat_server: StartServer, backend: str, clients: Clients
 ) -> None:
-    server = start(rat_server, backend)
+    server = start(rat_server, backend, "--log-level", "debug")  # disconnects are debug
     a, b = clients.connect_many(server, 2)
     rude = clients.connect(server, rcvbuf=4096)
     sync_clients(server, [a, b, rude])
@@ -635,7 +635,7 @@ def log_line_with(word: str, address: str) -> str:
 def test_logs_listening_connect_and_disconnect(
     rat_server: StartServer, backend: str, clients: Clients
 ) -> None:
-    server = start(rat_server, backend)
+    server = start(rat_server, backend, "--log-level", "debug")  # per-connection lines
     assert f"listening on 127.0.0.1:{server.port}" in server.stderr
 
     sock = clients.connect(server)

@@ -341,7 +341,7 @@ def test_fast_reader_survives_an_unthrottled_sender(rat_server: RatServer) -> No
 
     The reader is a process of its own, so it never waits for this one's GIL.
     """
-    server = rat_server()  # default --max-pending, 8 MiB
+    server = rat_server("--log-level", "debug")  # default --max-pending, 8 MiB; log connects
     reader = subprocess.Popen(
         [sys.executable, "-c", READER_PROCESS, str(server.port)],
         stdout=subprocess.PIPE,

@@ -69,17 +69,45 @@ def test_peek_caps_buffers_at_iov_max() -> None:
     assert len(buf.peek()) == 5
 
 
-def test_discard_after_current_keeps_line_boundary() -> None:
+def test_cut_to_line_end_keeps_line_boundary() -> None:
     buf = OutBuffer()
     buf.append(b"first line\n")
     buf.append(b"second\n")
     buf.advance(3)
-    rest = buf.discard_after_current()
-    assert [bytes(r) for r in rest] == [b"st line\n"]
-    assert not buf
+    dropped = buf.cut_to_line_end()
+    assert [bytes(r) for r in buf.peek()] == [b"st line\n"]
+    assert dropped == len(b"second\n")
     empty = OutBuffer()
     empty.append(b"whole\n")
-    assert empty.discard_after_current() == []
+    assert empty.cut_to_line_end() == len(b"whole\n")
+    assert not empty
+
+
+@given(
+    lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"") + b"\n"), min_size=1),
+    split=st.integers(min_value=1, max_value=4),
+    data=st.data(),
+)
+def test_cut_to_line_end_finishes_exactly_the_current_line(
+    lines: list[bytes], split: int, data: st.DataObject
+) -> None:
+    """Whatever was sent, the sent bytes plus what is kept end on a line boundary."""
+    stream = b"".join(lines)
+    buf = OutBuffer()
+    chunk = max(1, len(lines) // split)
+    for i in range(0, len(lines), chunk):  # chunks of whole lines, some as memoryviews
+        block = b"".join(lines[i : i + chunk])
+        buf.append(memoryview(block) if i % 2 else block)
+    sent = data.draw(st.integers(min_value=0, max_value=len(stream)))
+    buf.advance(sent)
+    before = buf.pending
+    dropped = buf.cut_to_line_end()
+    kept = b"".join(bytes(c) for c in buf.peek())
+    assert dropped + len(kept) == before
+    delivered = stream[:sent] + kept
+    assert delivered == b"" or delivered.endswith(b"\n")
+    assert stream.startswith(delivered)
+    assert b"\n" not in kept[:-1]  # at most the rest of one line
 
 
 def test_advance_past_queue_is_a_bug() -> None:

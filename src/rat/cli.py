@@ -1,27 +1,49 @@
-"""The `rat` command line: `rat serve` and `rat bench`."""
+"""The `rat` command line: `rat serve` and `rat bench`.
+
+Every `rat serve` option can also come from the environment: `--max-line` is
+`RAT_MAX_LINE`, a switch such as `--echo` is on for `1`, `true` or `yes`.  An
+option on the command line wins.  A bad value from the environment is a
+usage error that names the variable.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rat import __version__
 from rat.argtypes import real_number, whole_number
-from rat.framing import DEFAULT_MAX_LINE
-from rat.outbuf import DEFAULT_MAX_PENDING
+from rat.config import (
+    DEFAULT_COALESCE_MS,
+    DEFAULT_HOST,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_LINE,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
+    Config,
+    Limits,
+)
+from rat.logsink import announce, install
+from rat.net import open_listeners, raise_nofile_limit
 from rat.poller import make_poller
-from rat.server import Limits, Server, open_listener, raise_nofile_limit
+from rat.server import Server
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
+ENV_PREFIX = "RAT_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
 
 _positive_int = whole_number(1)
 _port = whole_number(0, 65535)
 _seconds = real_number(above=0)
+_milliseconds = real_number(at_least=0, maximum=1000)
 
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
@@ -29,7 +51,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         prog="rat", description="rat: an epoll TCP line-broadcast server."
     )
     parser.add_argument("--version", action="version", version=f"rat {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser(
         "serve",
@@ -37,8 +59,14 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         description="Relay every complete line a client sends to every other client.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8080, help="TCP port (0: any free port)")
+    serve.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address or host name to listen on (a name: every address it resolves to)",
+    )
+    serve.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="TCP port (0: any free port)"
+    )
     serve.add_argument("--echo", action="store_true", help="also send a line back to its sender")
     serve.add_argument(
         "--backend",
@@ -47,11 +75,32 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         help="poller: edge-triggered epoll, or the portable selectors default"
         " (auto: epoll on Linux)",
     )
-    serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity")
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="log verbosity (connects and disconnects are logged at debug)",
+    )
     serve.add_argument(
         "--trace",
         action="store_true",
         help="print every poller event and interest change to stderr (for learning)",
+    )
+    tuning = serve.add_argument_group("tuning")
+    tuning.add_argument(
+        "--backlog",
+        type=whole_number(0),
+        default=0,
+        metavar="N",
+        help="listen() backlog (0: the system's net.core.somaxconn)",
+    )
+    tuning.add_argument(
+        "--coalesce-ms",
+        type=_milliseconds,
+        default=DEFAULT_COALESCE_MS,
+        metavar="MS",
+        help="hold a delivery that comes within MS of the previous one until MS have"
+        " passed, so sparse lines share sends (0: off)",
     )
     limits = serve.add_argument_group("limits")
     limits.add_argument(
@@ -71,23 +120,27 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     limits.add_argument(
         "--write-timeout",
         type=_seconds,
-        default=30.0,
+        default=DEFAULT_WRITE_TIMEOUT,
         metavar="SECONDS",
         help="drop a client whose socket accepted no queued bytes for this long",
     )
     limits.add_argument(
         "--max-clients",
         type=_positive_int,
-        default=10000,
+        default=DEFAULT_MAX_CLIENTS,
         metavar="N",
         help="connections beyond this get 'ERR server full' and are closed",
     )
     limits.add_argument(
         "--shutdown-timeout",
         type=_seconds,
-        default=5.0,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
         metavar="SECONDS",
-        help="on SIGINT/SIGTERM, how long to flush queued output before exiting",
+        help="on SIGINT/SIGTERM/SIGHUP, how long to flush queued output before exiting",
+    )
+    serve.epilog = (
+        "Every option can also be set in the environment: --max-line is RAT_MAX_LINE,"
+        " a switch is on for 1/true/yes.  The command line wins."
     )
 
     bench = commands.add_parser(
@@ -104,55 +157,110 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
+def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+    """Take `RAT_*` variables as defaults for the `serve` options (see the module doc)."""
+    serve = _subparser(parser, "serve")
+    for action in serve._actions:
+        if not action.option_strings or action.dest in ("help",):
+            continue
+        name = ENV_PREFIX + action.dest.upper()
+        if name not in environ:
+            continue
+        text = environ[name]
+        value: Any
+        if isinstance(action, argparse._StoreTrueAction):
+            if text.lower() in TRUE_WORDS:
+                value = True
+            elif text.lower() in FALSE_WORDS:
+                value = False
+            else:
+                serve.error(f"{name}: expected 1/true/yes or 0/false/no, got {text!r}")
+        else:
+            try:
+                value = action.type(text) if callable(action.type) else text
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                serve.error(f"{name}: {err}")
+            if action.choices is not None and value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                serve.error(f"{name}: {text!r} is not one of {choices}")
+        serve.set_defaults(**{action.dest: value})
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        host=args.host,
+        port=args.port,
+        echo=args.echo,
+        backend=args.backend,
+        log_level=args.log_level,
+        trace=args.trace,
+        backlog=args.backlog,
+        coalesce_ms=args.coalesce_ms,
+        limits=Limits(
+            max_line=args.max_line,
+            max_pending=args.max_pending,
+            write_timeout=args.write_timeout,
+            max_clients=args.max_clients,
+            shutdown_timeout=args.shutdown_timeout,
+        ),
     )
-    log = logging.getLogger("rat")
-    limits = Limits(
-        max_line=args.max_line,
-        max_pending=args.max_pending,
-        write_timeout=args.write_timeout,
-        max_clients=args.max_clients,
-        shutdown_timeout=args.shutdown_timeout,
+
+
+def serve(config: Config) -> int:
+    install(getattr(logging, config.log_level.upper()))
+    address = (
+        f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
-    address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
-        poller = make_poller(args.backend)
+        poller = make_poller(config.backend)
     except ValueError as err:
         print(f"rat: {err}", file=sys.stderr)
         return 2
     try:
-        listener = open_listener(args.host, args.port)
+        listeners = open_listeners(config.host, config.port, config.backlog)
     except OSError as err:
         reason = err.strerror or str(err)
         print(f"rat: cannot listen on {address}: {reason}", file=sys.stderr)
         poller.close()
         return 1
+    if not listeners:
+        print(f"rat: cannot listen on {address}: no IPv4 or IPv6 address", file=sys.stderr)
+        poller.close()
+        return 1
     nofile = raise_nofile_limit()
-    host, port = listener.getsockname()[:2]
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server = Server(listener, poller, limits, echo=args.echo, trace=args.trace)
+    server = Server(listeners, poller, config)
 
-    def announce() -> None:
-        log.info(
-            "listening on %s (backend %s, descriptor limit %d%s)",
-            shown,
-            poller.name,
-            nofile,
-            ", echo on" if args.echo else "",
-        )
+    def ready() -> None:
+        details = [f"pid {os.getpid()}", f"backend {poller.name}", f"descriptor limit {nofile}"]
+        if config.echo:
+            details.append("echo on")
+        if config.coalesce_ms:
+            details.append(f"coalescing {config.coalesce_ms:g} ms")
+        announce(f"listening on {', '.join(server.addresses)} ({', '.join(details)})")
 
-    return server.serve_forever(ready=announce)
+    return server.serve_forever(ready=ready)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(with_bench="bench" in argv).parse_args(argv)
+    parser = build_parser(with_bench=bool(argv) and argv[0] == "bench")
+    if not argv:
+        parser.print_help()
+        return 0
+    apply_environment(parser, dict(os.environ))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     if args.command == "serve":
-        return serve(args)
+        return serve(config_from_args(args))
     bench_module = _bench_module()
     if bench_module is None:
         print("rat: the bench command is not available in this build", file=sys.stderr)

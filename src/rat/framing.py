@@ -20,8 +20,9 @@ came before it in the same feed travel on the exception (`accepted`).
 
 from __future__ import annotations
 
+from rat.config import DEFAULT_MAX_LINE
+
 NEWLINE = 0x0A
-DEFAULT_MAX_LINE = 65536
 
 
 class LineTooLong(Exception):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections import deque
 
-DEFAULT_MAX_PENDING = 8 * 1024 * 1024
+from rat.config import DEFAULT_MAX_PENDING
+
 # sendmsg() takes at most IOV_MAX (1024 on Linux) buffers per call.
 MAX_BUFFERS_PER_SEND = 1024
 
@@ -52,21 +53,27 @@ class OutBuffer:
         self._chunks.append(chunk)
         self.pending += len(chunk)
 
-    def discard_after_current(self) -> list[bytes | memoryview]:
-        """Drop everything queued except the unsent rest of a partly sent chunk.
+    def cut_to_line_end(self) -> int:
+        """Drop everything queued except the rest of a partly sent line; return bytes dropped.
 
-        Chunks hold whole lines, so what this returns (possibly nothing) ends
-        on a line boundary: the caller may send it followed by a last message
-        without breaking a line in two.
+        Chunks hold whole lines, so a queue whose first chunk is untouched
+        ends, on the wire, on a line boundary already: all of it can go.  If
+        the kernel took part of the first chunk, the stream is in the middle
+        of a line, and the rest of that line (up to its newline) is kept, so
+        that the peer's stream still ends on a line boundary once it is sent.
         """
         chunks, offset = self._chunks, self._offset
-        rest: list[bytes | memoryview] = []
+        keep = b""
         if chunks and offset:
-            rest.append(memoryview(chunks[0])[offset:])
+            rest = bytes(memoryview(chunks[0])[offset:])
+            keep = rest[: rest.find(b"\n") + 1]  # chunks end with a newline
+        dropped = self.pending - len(keep)
         self._chunks = None
         self._offset = 0
         self.pending = 0
-        return rest
+        if keep:
+            self.append(keep)
+        return dropped
 
     def peek(self) -> list[bytes | memoryview]:
         """The unsent bytes as buffers for one `sendmsg` (at most IOV_MAX)."""

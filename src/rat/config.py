@@ -1,0 +1,50 @@
+"""Every `rat serve` setting and its default, in one place.
+
+The command line (`rat.cli`) builds its options from these defaults and hands
+the server a `Config`; tests and embedders build one directly.  Nothing here
+does I/O.
+
+Each limit is enforced by the part that owns the resource, and says so below:
+the framer refuses long lines, a client's output queue refuses bytes past
+`max_pending`, the listener refuses clients past `max_clients`, the server
+times out stuck writers and bounds the stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_LINE = 65536  # bytes, newline included (rat.framing.LineFramer)
+DEFAULT_MAX_PENDING = 8 * 1024 * 1024  # bytes queued for one client (rat.outbuf.OutBuffer)
+DEFAULT_WRITE_TIMEOUT = 30.0  # seconds without progress on queued output
+DEFAULT_MAX_CLIENTS = 10000
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds to flush on SIGINT/SIGTERM/SIGHUP
+DEFAULT_COALESCE_MS = 0.0  # hold deliveries this long after the previous one (0: off)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits; each is enforced by the part that owns the resource."""
+
+    max_line: int = DEFAULT_MAX_LINE  # LineFramer
+    max_pending: int = DEFAULT_MAX_PENDING  # OutBuffer
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT  # Conn, by a timer
+    max_clients: int = DEFAULT_MAX_CLIENTS  # Server, at accept
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # Server, on stop
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What `rat serve` was asked to do."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    echo: bool = False
+    backend: str = "auto"  # rat.poller.make_poller
+    log_level: str = "info"
+    trace: bool = False
+    backlog: int = 0  # listen() backlog; 0: the system's somaxconn
+    coalesce_ms: float = DEFAULT_COALESCE_MS
+    limits: Limits = field(default_factory=Limits)

@@ -1,0 +1,406 @@
+"""One client connection: read, frame, publish; flush; close gracefully.
+
+The line data path, in the order bytes travel:
+
+    on_readable   recv() until BlockingIOError, EOF or the read budget
+    received      the seam: bytes from the wire -> complete lines (the framer);
+                  a layered connection (TLS, WebSocket) decodes here first
+    server.publish_lines   the lines go to the hub (nothing is sent yet)
+    ...           at the end of the turn the server delivers (rat.server)
+    flush         send what is queued; WRITABLE only while something is left
+    close_gracefully / close   say why, let the peer read it, then close
+
+A plain TCP connection is one small slotted object: an idle one costs a few
+hundred bytes, and the fan-out fast path in `Server.deliver` touches only
+`out.pending` and `sock.send` on it.
+
+States.  OPEN: a member of its room, reading and receiving broadcasts.
+CLOSING: out of the room; what is queued (and maybe one last `ERR` line)
+drains, then our side is shut and the peer's input is discarded until it
+closes or has acknowledged every byte, within a deadline.  CLOSED: the
+socket is closed and the server has forgotten the connection.
+
+Why CLOSING and not just close(): closing a socket that still holds unread
+input makes the kernel answer with a reset, and a reset throws away whatever
+the kernel had not yet sent, an `ERR` line or the end of a flush included.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from rat.framing import LineFramer, LineTooLong
+from rat.hub import Room
+from rat.net import close_reason, make_room_in_send_buffer, socket_error, unacked_bytes
+from rat.outbuf import MAX_BUFFERS_PER_SEND, OutBuffer
+from rat.poller import READABLE, WRITABLE
+from rat.timers import Timer
+
+if TYPE_CHECKING:
+    from rat.server import Server
+
+log = logging.getLogger("rat")
+
+READ_BUDGET = 1024 * 1024  # bytes read from one client per turn before the next gets a go
+LINGER_SECONDS = 2.0  # how long a rejected client may take to read its ERR line
+CLOSE_CHECK_FIRST = 0.01  # seconds between "has the peer got everything?" checks, doubling
+CLOSE_CHECK_MAX = 0.25
+
+ERR_LINE_TOO_LONG = b"ERR line too long\n"
+ERR_SLOW_CONSUMER = b"ERR slow consumer\n"
+
+# States.
+OPEN = 0
+CLOSING = 1
+CLOSED = 2
+
+
+class Conn:
+    """One client: its socket, its framer, its output queue and its room."""
+
+    __slots__ = (
+        "addr",
+        "close_reason",
+        "deadline",
+        "eof",
+        "fd",
+        "framer",
+        "interest",
+        "last_progress",
+        "out",
+        "room",
+        "server",
+        "session",
+        "shut",
+        "sock",
+        "state",
+        "timer",
+    )
+
+    transport = "tcp"  # a class attribute: costs no memory per connection
+
+    def __init__(self, server: Server, sock: socket.socket, addr: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.addr = addr  # "host:port", for logs
+        limits = server.limits
+        self.framer = LineFramer(limits.max_line)
+        self.out = OutBuffer(limits.max_pending)
+        self.state = OPEN
+        self.eof = False  # the peer shut its sending side (half-close)
+        self.shut = False  # we shut our sending side (closing)
+        self.interest = READABLE  # what the poller watches this socket for
+        self.last_progress = 0.0  # when the kernel last took bytes (or the queue began)
+        self.deadline = 0.0  # CLOSING: when to stop waiting for the peer
+        self.timer: Timer | None = None  # write timeout, or the closing checks
+        self.close_reason = ""
+        self.room: Room | None = None
+        self.session: object | None = None  # chat mode: what a line means
+
+    def __repr__(self) -> str:
+        return f"<Conn fd={self.fd} {self.addr} state={self.state}>"
+
+    def describe(self) -> str:
+        return self.addr
+
+    # -------------------------------------------------------------- events
+
+    def on_event(self, mask: int) -> None:
+        if mask & READABLE:
+            self.on_readable()
+        if mask & WRITABLE and self.state != CLOSED:
+            self.on_writable()
+
+    def on_resume(self) -> None:
+        """The read budget ran out last turn; read on (no event will come for it)."""
+        if self.state != CLOSED:
+            self.server.loop.note(f"resume     fd={self.fd} {self.addr} (read budget)")
+            self.on_readable()
+
+    # ---------------------------------------------------------------- read
+
+    def on_readable(self) -> None:
+        """recv() until BlockingIOError, EOF or the per-turn budget."""
+        if self.state == CLOSED:
+            return
+        recv = self.sock.recv
+        size = self.server.recv_size
+        budget = READ_BUDGET
+        while True:
+            try:
+                data = recv(size)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                self.close(close_reason(err))
+                return
+            if not data:
+                self.on_eof()
+                return
+            if self.state == OPEN:
+                self.received(data)
+            # (CLOSING: the peer's input is read only to be dropped.)
+            if self.state == CLOSED:
+                return
+            budget -= len(data)
+            if budget <= 0:
+                # Still readable, but others deserve a turn.  With edge
+                # triggering no new event would come for the unread bytes,
+                # so the loop remembers this connection for us.
+                self.server.loop.resume(self)
+                return
+
+    def received(self, data: bytes) -> None:
+        """Bytes from the wire: frame them, publish the complete lines.
+
+        This is the seam where a sans-IO layer sits: a layered connection
+        overrides it to decode its protocol first (and may answer on the wire).
+        """
+        server = self.server
+        server.counters.bytes_in += len(data)
+        try:
+            block = self.framer.feed(data)
+        except LineTooLong as err:
+            if err.accepted:
+                server.publish_lines(self, err.accepted)
+            self.reject(ERR_LINE_TOO_LONG, "line_too_long")
+            return
+        if block:
+            server.publish_lines(self, block)
+
+    def on_eof(self) -> None:
+        """recv() returned b"": the peer shut its sending side.
+
+        Its unfinished line is relayed with a newline added.  The peer may
+        only have half-closed and still be reading, so it keeps receiving
+        broadcasts (SPEC: half-close), but TCP cannot tell that from a peer
+        that has left, so it no longer holds a slot: the server closes it
+        first when it needs room.  Keepalive probes are switched on, so that
+        a peer that is really gone ends in a reset that reaps it.
+        """
+        if self.state == CLOSING:
+            self.eof = True
+            if not self.out:  # nothing left to send, nothing more to read
+                self.close(self.close_reason, logged=True)
+            else:
+                self.update_interest()
+            return
+        if self.eof:
+            # Woken again after EOF: a hang-up (epoll reports one even with
+            # no interest).  recv() keeps returning b"" after a FIN even once
+            # a reset has arrived, so ask the socket for its error.
+            self.check_half_closed()
+            return
+        self.eof = True
+        server = self.server
+        tail = self.framer.take_partial()
+        if tail:
+            server.publish_lines(self, tail)
+        server.on_half_close(self)
+        if self.state == OPEN:
+            self.update_interest()
+
+    def check_half_closed(self) -> None:
+        """Close a half-closed client whose socket has failed (reset, timeout)."""
+        err = socket_error(self.sock)
+        if err is not None:
+            self.close(close_reason(err))
+
+    # ---------------------------------------------------------------- send
+
+    def on_writable(self) -> None:
+        if self.out:
+            self.flush()
+        elif self.interest & WRITABLE:
+            self.update_interest()
+
+    def flush(self) -> None:
+        """Send as much queued output as the kernel takes (usually one syscall).
+
+        Asks for WRITABLE only if bytes are left over, and stops asking once
+        the queue is empty.
+        """
+        out = self.out
+        sock = self.sock
+        server = self.server
+        while out:
+            buffers = out.peek()
+            try:
+                sent = sock.send(buffers[0]) if len(buffers) == 1 else sock.sendmsg(buffers)
+            except BlockingIOError:
+                sent = 0
+            except OSError as err:
+                self.close(close_reason(err))
+                return
+            if sent:
+                out.advance(sent)
+                server.counters.bytes_out += sent
+                self.last_progress = server.loop.clock()
+            # Go round again only if sendmsg's buffer cap, not the kernel,
+            # stopped us: a short send means the socket buffer is full.
+            if len(buffers) < MAX_BUFFERS_PER_SEND or sent < sum(map(len, buffers)):
+                if out:
+                    self.note_short_send(sent, sent + out.pending)
+                break
+        if not out and self.state == CLOSING:
+            self._queue_sent()
+            if self.state == CLOSED:
+                return
+        self.update_interest()
+
+    def note_short_send(self, sent: int, queued: int) -> None:
+        self.server.loop.note(f"send       fd={self.fd} {self.addr} took {sent} of {queued} bytes")
+
+    def update_interest(self) -> None:
+        """Watch for READABLE unless the peer sent EOF; WRITABLE only while queued."""
+        interest = (0 if self.eof else READABLE) | (WRITABLE if self.out else 0)
+        if interest != self.interest:
+            if interest & WRITABLE and self.timer is None and self.state == OPEN:
+                # Blocked: the write-timeout clock runs from the last progress.
+                timeout = self.server.limits.write_timeout
+                self.timer = self.server.loop.call_at(
+                    self.last_progress + timeout, self._check_progress
+                )
+            self.interest = interest
+            self.server.loop.modify(self.fd, interest)
+
+    def _check_progress(self) -> None:
+        """The write-timeout timer: cut a client whose queue has not moved for that long."""
+        self.timer = None
+        if self.state != OPEN or not self.out:
+            return
+        server = self.server
+        timeout = server.limits.write_timeout
+        stalled = server.loop.clock() - self.last_progress
+        if stalled < timeout:  # it moved since the timer was set: look again later
+            self.timer = server.loop.call_at(self.last_progress + timeout, self._check_progress)
+            return
+        log.warning(
+            "disconnect %s: write timeout (no progress for %.1fs, %d bytes queued)",
+            self.addr,
+            stalled,
+            self.out.pending,
+        )
+        self.cut("write_timeout")
+
+    # ------------------------------------------------------------- closing
+
+    def reject(self, message: bytes, reason: str) -> None:
+        """A protocol violation: say why after what is queued, then close gracefully."""
+        log.info("disconnect %s: %s", self.addr, reason.replace("_", " "))
+        self.close_gracefully(reason, message)
+
+    def cut(self, reason: str, message: bytes = ERR_SLOW_CONSUMER) -> None:
+        """Drop the queue (finishing a partly sent line), say why, close gracefully."""
+        self.close_gracefully(reason, message, drop_queue=True)
+
+    def close_gracefully(
+        self,
+        reason: str,
+        message: bytes = b"",
+        linger: float = LINGER_SECONDS,
+        drop_queue: bool = False,
+    ) -> None:
+        """Leave the room; send what is queued and `message`; shut our side; close.
+
+        With `drop_queue`, only the rest of a partly sent line stays queued
+        (the stream still ends on a line boundary).  The peer gets `linger`
+        seconds to read it all; meanwhile its input is read and dropped.
+        """
+        if self.state != OPEN:
+            return
+        server = self.server
+        server.on_leave(self)
+        self.state = CLOSING
+        self.close_reason = reason
+        out = self.out
+        if drop_queue:
+            out.cut_to_line_end()
+        if message:
+            out.append(message)  # past --max-pending is fine: it is the last
+        if drop_queue or message:
+            # Let the kernel take the last bytes at once if it can.
+            make_room_in_send_buffer(self.sock, out.pending)
+        loop = server.loop
+        loop.cancel(self.timer)
+        self.deadline = loop.clock() + linger
+        self.timer = loop.call_at(self.deadline, self._closing_check)
+        if not self.interest & WRITABLE:
+            self.flush()
+
+    def _queue_sent(self) -> None:
+        """CLOSING, and nothing is queued any more: shut our side, wait for the peer."""
+        if self.eof:
+            # It sends nothing more, so closing cannot cause a reset: the
+            # kernel still delivers what it holds, then a FIN.
+            self.close(self.close_reason, logged=True)
+            return
+        if not self.shut:
+            self.shut = True
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.close(self.close_reason, logged=True)
+                return
+        if unacked_bytes(self.sock) == 0:
+            self.close(self.close_reason, logged=True)
+            return
+        loop = self.server.loop
+        loop.cancel(self.timer)
+        self.timer = loop.call_later(CLOSE_CHECK_FIRST, self._closing_check)
+
+    def _closing_check(self) -> None:
+        """CLOSING: close once the peer has everything, or at the deadline."""
+        self.timer = None
+        if self.state != CLOSING:
+            return
+        loop = self.server.loop
+        now = loop.clock()
+        if now >= self.deadline:
+            self.abort(self.close_reason)
+            return
+        if self.shut and unacked_bytes(self.sock) == 0:
+            self.close(self.close_reason, logged=True)
+            return
+        if self.shut:
+            # Look again, less often the longer the peer has been silent.
+            wait = min(CLOSE_CHECK_MAX, max(CLOSE_CHECK_FIRST, (now - self.last_progress) / 2))
+            self.timer = loop.call_at(min(self.deadline, now + wait), self._closing_check)
+        else:
+            self.timer = loop.call_at(self.deadline, self._closing_check)
+
+    def abort(self, reason: str) -> None:
+        """Close now: finish a partly sent line (best effort), drop the rest."""
+        if self.state == CLOSED:
+            return
+        out = self.out
+        dropped = out.cut_to_line_end()
+        if out:
+            make_room_in_send_buffer(self.sock, out.pending)
+            try:
+                sent = self.sock.sendmsg(out.peek())
+            except OSError:
+                sent = 0
+            dropped += out.pending - sent
+        if dropped:
+            self.server.on_dropped(self, dropped)
+        self.close(reason, logged=self.state == CLOSING)
+
+    def close(self, reason: str, logged: bool = False) -> None:
+        """Close the socket now and forget the connection."""
+        if self.state == CLOSED:
+            return
+        if self.state == OPEN:
+            self.server.on_leave(self)
+        self.state = CLOSED
+        self.close_reason = reason
+        server = self.server
+        loop = server.loop
+        loop.cancel(self.timer)
+        self.timer = None
+        loop.remove(self.fd, self)
+        self.sock.close()
+        server.on_closed(self, logged)
