@@ -12,7 +12,7 @@ The line data path, in the order bytes travel:
 
 A plain TCP connection is one small slotted object: an idle one costs a few
 hundred bytes, and the fan-out fast path in `Server.deliver` touches only
-`out.pending` and `sock.send` on it.
+`conn.pending` and `sock.send` on it.
 
 States.  OPEN: a member of its room, reading and receiving broadcasts.
 CLOSING: out of the room; what is queued (and maybe one last `ERR` line)
@@ -57,8 +57,15 @@ CLOSING = 1
 CLOSED = 2
 
 
-class Conn:
-    """One client: its socket, its framer, its output queue and its room."""
+class Conn(OutBuffer):
+    """One client: its socket, its framer, its output queue and its room.
+
+    A connection *is* its output queue (it extends `OutBuffer`): the fan-out
+    fast path reads `conn.pending` with one attribute lookup, and an idle
+    connection carries one object fewer (64 bytes of 10,000 idle clients'
+    memory each).  Note that this makes a connection with nothing queued
+    falsy, like an empty queue: test `conn.pending`, never `conn`.
+    """
 
     __slots__ = (
         "addr",
@@ -69,7 +76,6 @@ class Conn:
         "framer",
         "interest",
         "last_progress",
-        "out",
         "room",
         "server",
         "session",
@@ -88,7 +94,7 @@ class Conn:
         self.addr = addr  # "host:port", for logs
         limits = server.limits
         self.framer = LineFramer(limits.max_line)
-        self.out = OutBuffer(limits.max_pending)
+        OutBuffer.__init__(self, limits.max_pending)
         self.state = OPEN
         self.eof = False  # the peer shut its sending side (half-close)
         self.shut = False  # we shut our sending side (closing)
@@ -183,7 +189,7 @@ class Conn:
         """
         if self.state == CLOSING:
             self.eof = True
-            if not self.out:  # nothing left to send, nothing more to read
+            if not self.pending:  # nothing left to send, nothing more to read
                 self.close(self.close_reason, logged=True)
             else:
                 self.update_interest()
@@ -212,7 +218,7 @@ class Conn:
     # ---------------------------------------------------------------- send
 
     def on_writable(self) -> None:
-        if self.out:
+        if self.pending:
             self.flush()
         elif self.interest & WRITABLE:
             self.update_interest()
@@ -223,11 +229,10 @@ class Conn:
         Asks for WRITABLE only if bytes are left over, and stops asking once
         the queue is empty.
         """
-        out = self.out
         sock = self.sock
         server = self.server
-        while out:
-            buffers = out.peek()
+        while self.pending:
+            buffers = self.peek()
             try:
                 sent = sock.send(buffers[0]) if len(buffers) == 1 else sock.sendmsg(buffers)
             except BlockingIOError:
@@ -236,16 +241,16 @@ class Conn:
                 self.close(close_reason(err))
                 return
             if sent:
-                out.advance(sent)
+                self.advance(sent)
                 server.counters.bytes_out += sent
                 self.last_progress = server.loop.clock()
             # Go round again only if sendmsg's buffer cap, not the kernel,
             # stopped us: a short send means the socket buffer is full.
             if len(buffers) < MAX_BUFFERS_PER_SEND or sent < sum(map(len, buffers)):
-                if out:
-                    self.note_short_send(sent, sent + out.pending)
+                if self.pending:
+                    self.note_short_send(sent, sent + self.pending)
                 break
-        if not out and self.state == CLOSING:
+        if not self.pending and self.state == CLOSING:
             self._queue_sent()
             if self.state == CLOSED:
                 return
@@ -256,7 +261,7 @@ class Conn:
 
     def update_interest(self) -> None:
         """Watch for READABLE unless the peer sent EOF; WRITABLE only while queued."""
-        interest = (0 if self.eof else READABLE) | (WRITABLE if self.out else 0)
+        interest = (0 if self.eof else READABLE) | (WRITABLE if self.pending else 0)
         if interest != self.interest:
             if interest & WRITABLE and self.timer is None and self.state == OPEN:
                 # Blocked: the write-timeout clock runs from the last progress.
@@ -270,7 +275,7 @@ class Conn:
     def _check_progress(self) -> None:
         """The write-timeout timer: cut a client whose queue has not moved for that long."""
         self.timer = None
-        if self.state != OPEN or not self.out:
+        if self.state != OPEN or not self.pending:
             return
         server = self.server
         timeout = server.limits.write_timeout
@@ -282,7 +287,7 @@ class Conn:
             "disconnect %s: write timeout (no progress for %.1fs, %d bytes queued)",
             self.addr,
             stalled,
-            self.out.pending,
+            self.pending,
         )
         self.cut("write_timeout")
 
@@ -316,14 +321,13 @@ class Conn:
         server.on_leave(self)
         self.state = CLOSING
         self.close_reason = reason
-        out = self.out
         if drop_queue:
-            out.cut_to_line_end()
+            server.on_dropped(self, self.cut_to_line_end())
         if message:
-            out.append(message)  # past --max-pending is fine: it is the last
+            self.append(message)  # past --max-pending is fine: it is the last
         if drop_queue or message:
             # Let the kernel take the last bytes at once if it can.
-            make_room_in_send_buffer(self.sock, out.pending)
+            make_room_in_send_buffer(self.sock, self.pending)
         loop = server.loop
         loop.cancel(self.timer)
         self.deadline = loop.clock() + linger
@@ -376,15 +380,14 @@ class Conn:
         """Close now: finish a partly sent line (best effort), drop the rest."""
         if self.state == CLOSED:
             return
-        out = self.out
-        dropped = out.cut_to_line_end()
-        if out:
-            make_room_in_send_buffer(self.sock, out.pending)
+        dropped = self.cut_to_line_end()
+        if self.pending:
+            make_room_in_send_buffer(self.sock, self.pending)
             try:
-                sent = self.sock.sendmsg(out.peek())
+                sent = self.sock.sendmsg(self.peek())
             except OSError:
                 sent = 0
-            dropped += out.pending - sent
+            dropped += self.pending - sent
         if dropped:
             self.server.on_dropped(self, dropped)
         self.close(reason, logged=self.state == CLOSING)
