@@ -85,7 +85,8 @@ class Conn(OutBuffer):
         "timer",
     )
 
-    transport = "tcp"  # a class attribute: costs no memory per connection
+    transport = "tcp"  # class attributes: they cost no memory per connection
+    layered = False  # a `rat.layered.LayeredConn` says True
 
     def __init__(self, server: Server, sock: socket.socket, addr: str) -> None:
         self.server = server
@@ -111,6 +112,11 @@ class Conn(OutBuffer):
 
     def describe(self) -> str:
         return self.addr
+
+    def start(self) -> None:
+        """Accepted and admitted: watch the socket, join the lobby."""
+        self.server.loop.add(self.fd, self, self.interest)
+        self.server.join(self)
 
     # -------------------------------------------------------------- events
 
@@ -146,6 +152,7 @@ class Conn(OutBuffer):
             if not data:
                 self.on_eof()
                 return
+            self.server.counters.bytes_in += len(data)
             if self.state == OPEN:
                 self.received(data)
             # (CLOSING: the peer's input is read only to be dropped.)
@@ -166,7 +173,6 @@ class Conn(OutBuffer):
         overrides it to decode its protocol first (and may answer on the wire).
         """
         server = self.server
-        server.counters.bytes_in += len(data)
         try:
             block = self.framer.feed(data)
         except LineTooLong as err:
@@ -256,6 +262,31 @@ class Conn(OutBuffer):
                 return
         self.update_interest()
 
+    def queue(self, chunks: list[bytes | memoryview], now: float) -> None:
+        """Queue `chunks` behind what is queued and, unless blocked, send now.
+
+        The limit is checked after the send attempt: it is about what a
+        client leaves waiting here, not about how much a busy turn produced.
+        """
+        if not self.pending:
+            self.last_progress = now  # the write-timeout clock starts now
+        for chunk in chunks:
+            self.append(chunk)
+        if not self.interest & WRITABLE:
+            self.flush()
+        if self.over_limit and self.state == OPEN:
+            self.drop_slow_consumer()
+
+    def drop_slow_consumer(self) -> None:
+        """Its queue passed --max-pending: best-effort ERR, close."""
+        log.warning(
+            "disconnect %s: slow consumer (%d bytes queued, limit %d)",
+            self.addr,
+            self.pending,
+            self.limit,
+        )
+        self.cut("slow_consumer")
+
     def note_short_send(self, sent: int, queued: int) -> None:
         self.server.loop.note(f"send       fd={self.fd} {self.addr} took {sent} of {queued} bytes")
 
@@ -322,7 +353,7 @@ class Conn(OutBuffer):
         self.state = CLOSING
         self.close_reason = reason
         if drop_queue:
-            server.on_dropped(self, self.cut_to_line_end())
+            server.on_dropped(self, self.cut_queue())
         if message:
             self.append(message)  # past --max-pending is fine: it is the last
         if drop_queue or message:
@@ -376,11 +407,15 @@ class Conn(OutBuffer):
         else:
             self.timer = loop.call_at(self.deadline, self._closing_check)
 
+    def cut_queue(self) -> int:
+        """Drop the queue but the rest of a partly sent line; return bytes dropped."""
+        return self.cut_to_line_end()
+
     def abort(self, reason: str) -> None:
         """Close now: finish a partly sent line (best effort), drop the rest."""
         if self.state == CLOSED:
             return
-        dropped = self.cut_to_line_end()
+        dropped = self.cut_queue()
         if self.pending:
             make_room_in_send_buffer(self.sock, self.pending)
             try:

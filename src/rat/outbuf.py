@@ -75,6 +75,22 @@ class OutBuffer:
             self.append(keep)
         return dropped
 
+    def cut_to_chunk_end(self) -> int:
+        """Drop everything queued except the rest of a partly sent chunk; return bytes dropped.
+
+        For queues whose chunks are units of a wire protocol (a WebSocket
+        frame, a TLS record), which must never be cut inside.
+        """
+        chunks, offset = self._chunks, self._offset
+        keep = bytes(memoryview(chunks[0])[offset:]) if chunks and offset else b""
+        dropped = self.pending - len(keep)
+        self._chunks = None
+        self._offset = 0
+        self.pending = 0
+        if keep:
+            self.append(keep)
+        return dropped
+
     def peek(self) -> list[bytes | memoryview]:
         """The unsent bytes as buffers for one `sendmsg` (at most IOV_MAX)."""
         chunks = self._chunks

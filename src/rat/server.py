@@ -37,6 +37,7 @@ spell.  See docs/BENCHMARKS.md for what it saves and costs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -48,7 +49,7 @@ from rat.hub import Hub, Room, Turn
 from rat.listener import Acceptor, SpareDescriptor, refuse
 from rat.loop import Loop
 from rat.net import close_reason, enable_keepalive, listen_address
-from rat.poller import WRITABLE, Poller
+from rat.poller import Poller
 from rat.timers import Timer
 
 log = logging.getLogger("rat")
@@ -136,10 +137,8 @@ class Server:
         self.half_closed: dict[Conn, None] = {}
         self._probe_timer: Timer | None = None
         self.spare = SpareDescriptor()
-        self.acceptors = [
-            Acceptor(loop, sock, self.on_accept, self.make_room, self.spare, on_shed=self._on_shed)
-            for sock in listeners
-        ]
+        self.acceptors: list[Acceptor] = []
+        self.listen(listeners)
         self.coalesce = config.coalesce_ms / 1000.0
         self._last_delivery = float("-inf")
         self._hold_timer: Timer | None = None
@@ -198,7 +197,35 @@ class Server:
 
     # ----------------------------------------------------------- admission
 
-    def on_accept(self, sock: socket.socket, addr: str) -> None:
+    def listen(
+        self,
+        socks: list[socket.socket],
+        factory: Callable[[Server, socket.socket, str], Conn] = Conn,
+        kind: str = "listener",
+    ) -> None:
+        """Accept on `socks`; each new connection is `factory(server, sock, addr)`.
+
+        Plain TCP listeners make a `Conn`; other listeners (the web port, the
+        admin port) pass their own connection class.
+        """
+        for sock in socks:
+            acceptor = Acceptor(
+                self.loop,
+                sock,
+                functools.partial(self.on_accept, factory),
+                self.make_room,
+                self.spare,
+                on_shed=self._on_shed,
+                kind=kind,
+            )
+            self.acceptors.append(acceptor)
+
+    def on_accept(
+        self,
+        factory: Callable[[Server, socket.socket, str], Conn],
+        sock: socket.socket,
+        addr: str,
+    ) -> None:
         """A new connection from an `Acceptor`: admit it, or refuse it with a reason."""
         if self.clients >= self.limits.max_clients and not self.make_room():
             self.counters.rejected_full += 1
@@ -210,15 +237,18 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # not TCP (a Unix socket)
             pass
-        conn = Conn(self, sock, addr)
+        conn = factory(self, sock, addr)
         self.clients += 1
-        room = self.hub.lobby
-        conn.room = room
-        self.hub.join(conn, room)
         self.counters.accepted += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connect %s (fd %d, %s)", addr, conn.fd, self.describe_clients())
-        self.loop.add(conn.fd, conn, conn.interest)
+        conn.start()
+
+    def join(self, conn: Conn, room: Room | None = None) -> None:
+        """`conn` starts receiving `room`'s broadcasts (the lobby by default)."""
+        room = room or self.hub.lobby
+        conn.room = room
+        self.hub.join(conn, room, layered=conn.layered)
 
     def connections(self) -> list[Conn]:
         """Every connection not yet closed (a snapshot)."""
@@ -359,40 +389,21 @@ class Server:
                 conn.last_progress = now  # the write-timeout clock starts now
                 conn.append(memoryview(data)[sent:] if sent else data)
                 if conn.over_limit:
-                    self._slow_consumer(conn)
+                    conn.drop_slow_consumer()
                 else:
                     conn.update_interest()  # ask for WRITABLE
         self.counters.deliveries += delivered
         self.counters.bytes_out += sent_total
+        if room.layered:
+            for layered in list(room.layered):
+                layered.deliver_turn(turn, now)
 
     def _enqueue(self, conn: Conn, turn: Turn, now: float) -> None:
-        """Queue this turn's lines for `conn` and, unless it is blocked, send.
-
-        The limit is checked after the send attempt: it is about what a
-        client leaves waiting here, not about how much a busy turn produced.
-        """
+        """The turn's lines for a sender or a member with a backlog: queue, then send."""
         chunks, lines = turn.chunks_for(conn)
-        if not chunks:
-            return
-        if not conn.pending:
-            conn.last_progress = now  # the write-timeout clock starts now
-        for chunk in chunks:
-            conn.append(chunk)
-        self.counters.deliveries += lines
-        if not conn.interest & WRITABLE:
-            conn.flush()
-        if conn.over_limit and conn.state == OPEN:
-            self._slow_consumer(conn)
-
-    def _slow_consumer(self, conn: Conn) -> None:
-        """Its queue passed --max-pending: best-effort ERR, close."""
-        log.warning(
-            "disconnect %s: slow consumer (%d bytes queued, limit %d)",
-            conn.addr,
-            conn.pending,
-            self.limits.max_pending,
-        )
-        conn.cut("slow_consumer")
+        if chunks:
+            self.counters.deliveries += lines
+            conn.queue(chunks, now)
 
     # ---------------------------------------------------------------- stop
 

@@ -1,0 +1,182 @@
+"""The seam for protocols over TCP: a sans-IO layer between the socket and the framer.
+
+A plain TCP client's bytes are its lines.  A WebSocket client's bytes are
+frames, a TLS client's bytes are records: a *layer* turns wire bytes into
+application bytes and back, without touching a socket (the way h11, wsproto
+and `ssl.SSLObject` do: bytes in, events or bytes out).  `LayeredConn` is a
+`Conn` with a layer; everything else (the output queue, flush, WRITABLE
+interest, `--max-pending`, the write timeout, graceful close) is the plain
+connection's, because the queue always holds *wire* bytes.
+
+    recv -> layer.receive -> framer -> hub          (Conn.received, overridden)
+    turn -> layer.encode_turn -> queue -> send      (deliver_turn)
+
+Fan-out stays shared where the protocol allows it: `encode_turn` may build
+its wire bytes once per turn with `Turn.encoded` (WebSocket frames from
+server to client are not masked, so every receiver gets the same bytes).  A
+layer that must encode per receiver (TLS: every session has its own keys)
+encodes per receiver, and costs what it costs.
+
+A layered connection joins its room only once its layer is `ready` (the
+WebSocket upgrade or the TLS handshake is done), so a half-open handshake
+never receives a broadcast.  A layer that is not ready within
+`handshake_timeout` seconds is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from rat.connection import CLOSED, LINGER_SECONDS, OPEN, Conn
+from rat.hub import Turn
+
+if TYPE_CHECKING:
+    from rat.server import Server
+
+log = logging.getLogger("rat")
+
+
+class LayerError(Exception):
+    """The peer broke the layer's protocol; `reason` names it (a metrics label)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+class Layer:
+    """The interface a sans-IO protocol layer offers `LayeredConn` (subclass it)."""
+
+    name = "layer"  # the transport name in logs and metrics ("ws", "tls", ...)
+    handshake_timeout: float | None = 10.0  # seconds to become `ready` (None: no limit)
+
+    @property
+    def ready(self) -> bool:
+        """The handshake is done: the connection may receive broadcasts."""
+        return True
+
+    @property
+    def finished(self) -> bool:
+        """The layer's conversation is over (a close handshake, a one-shot HTTP reply)."""
+        return False
+
+    def receive(self, data: bytes) -> bytes:
+        """Wire bytes in; the application bytes they completed out (maybe b"").
+
+        Raises `LayerError` if the peer broke the protocol.
+        """
+        raise NotImplementedError
+
+    def outgoing(self) -> bytes:
+        """Wire bytes the layer needs sent now (handshake, pong, close), or b""."""
+        return b""
+
+    def encode(self, data: bytes) -> bytes:
+        """Application bytes (whole lines) for this peer -> wire bytes."""
+        raise NotImplementedError
+
+    def encode_turn(self, turn: Turn) -> bytes:
+        """A whole turn for this peer; override to share the work via `turn.encoded`."""
+        return self.encode(turn.data)
+
+    def farewell(self, message: bytes, reason: str) -> bytes:
+        """Wire bytes that end the conversation: `message` (an ERR line), then a close."""
+        del reason
+        return self.encode(message) if message else b""
+
+
+class LayeredConn(Conn):
+    """A connection whose wire bytes pass through a `Layer`."""
+
+    __slots__ = ("layer",)
+
+    layered = True
+
+    def __init__(self, server: Server, sock: socket.socket, addr: str, layer: Layer) -> None:
+        super().__init__(server, sock, addr)
+        self.layer = layer
+
+    @property
+    def transport(self) -> str:  # type: ignore[override]
+        return self.layer.name
+
+    def start(self) -> None:
+        """Watch the socket; join the room once the handshake is done."""
+        loop = self.server.loop
+        loop.add(self.fd, self, self.interest)
+        self._after_layer()
+        timeout = self.layer.handshake_timeout
+        if self.state == OPEN and self.room is None and timeout is not None:
+            self.timer = loop.call_later(timeout, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self.timer = None
+        if self.state == OPEN and not self.layer.ready:
+            log.info("disconnect %s: %s handshake timed out", self.addr, self.layer.name)
+            self.close("handshake_timeout")
+
+    def received(self, data: bytes) -> None:
+        """Decode through the layer; answer what it needs answered; frame what it yields."""
+        try:
+            app = self.layer.receive(data)
+        except LayerError as err:
+            log.info("disconnect %s: %s (%s)", self.addr, err.reason.replace("_", " "), err.detail)
+            self._send_layer_output()
+            self.close_gracefully(err.reason)
+            return
+        self._after_layer()
+        if app and self.state == OPEN:
+            super().received(app)
+
+    def _after_layer(self) -> None:
+        """Send what the layer wants sent; join when ready; close when it is over."""
+        self._send_layer_output()
+        if self.state != OPEN:
+            return
+        layer = self.layer
+        if self.room is None and layer.ready and not layer.finished:
+            if self.timer is not None:  # the handshake timer
+                self.server.loop.cancel(self.timer)
+                self.timer = None
+            self.server.join(self)
+        if layer.finished:
+            self.close_gracefully("eof")
+
+    def _send_layer_output(self) -> None:
+        wire = self.layer.outgoing()
+        if wire and self.state != CLOSED:
+            self.queue([wire], self.server.loop.clock())
+
+    def cut_queue(self) -> int:
+        """Wire bytes are cut between chunks (frames, records), never inside one."""
+        return self.cut_to_chunk_end()
+
+    def deliver_turn(self, turn: Turn, now: float) -> None:
+        """This turn's lines, encoded for this peer, queued and (unless blocked) sent."""
+        if self.state != OPEN:
+            return
+        own = None if turn.echo else turn.own.get(self)
+        if own is None:
+            wire = self.layer.encode_turn(turn)
+            lines = turn.lines
+        else:
+            chunks, lines = turn.chunks_for(self)
+            wire = self.layer.encode(b"".join(chunks)) if chunks else b""
+        if wire:
+            self.server.counters.deliveries += lines
+            self.queue([wire], now)
+
+    def close_gracefully(
+        self,
+        reason: str,
+        message: bytes = b"",
+        linger: float = LINGER_SECONDS,
+        drop_queue: bool = False,
+    ) -> None:
+        """As for a plain connection, with the message and the close in the layer's terms."""
+        if self.state != OPEN:
+            return
+        super().close_gracefully(reason, self.layer.farewell(message, reason), linger, drop_queue)
