@@ -127,6 +127,13 @@ def pyproject_hash() -> str:
 
 def ensure_venv(extras: str) -> None:
     """Make .venv usable and install rat (with the given extras) unless already done."""
+    # Reinstall when pyproject.toml's content changes (new dependencies, entry
+    # points); a fresh clone's new mtimes alone do not matter.
+    stamp = VENV / f".installed-{extras or 'base'}"
+    wanted = pyproject_hash()
+    installed = stamp.exists() and stamp.read_text().strip() == wanted
+    if installed and (BIN / "python").exists():
+        return  # pip worked when it wrote the stamp: skip the 0.7 s pip check
     if VENV.exists() or VENV.is_symlink():
         problem = venv_problem()
         if problem:
@@ -135,12 +142,6 @@ def ensure_venv(extras: str) -> None:
             create_venv()
     else:
         create_venv()
-    # Reinstall when pyproject.toml's content changes (new dependencies, entry
-    # points); a fresh clone's new mtimes alone do not matter.
-    stamp = VENV / f".installed-{extras or 'base'}"
-    wanted = pyproject_hash()
-    if stamp.exists() and stamp.read_text().strip() == wanted:
-        return
     again = "pyproject.toml changed: re" if stamp.exists() else ""
     say(f"{again}installing {WHAT[extras]} ...")
     spec = f".[{extras}]" if extras else "."
