@@ -126,6 +126,9 @@ class Server:
         # like a slow consumer.
         self.turn_bytes = min(TURN_BYTES, max(4096, limits.max_pending // 4))
         self.recv_size = min(RECV_SIZE, self.turn_bytes)
+        # Every connection reads into this one buffer (see Conn.on_readable).
+        self.read_buffer = bytearray(self.recv_size)
+        self.read_view = memoryview(self.read_buffer)
         self.loop = loop = Loop(poller, trace=config.trace)
         self.hub = Hub(config.echo)
         self.counters = Counters()
