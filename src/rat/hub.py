@@ -66,18 +66,32 @@ class Turn:
         if mine is None:
             return [self.data], self.lines
         spans, own_lines = mine
-        view = memoryview(self.data)
+        data = self.data
+        size = len(data)
+        own_size = 0
+        for start, end in spans:
+            own_size += end - start
+        share = size - own_size
+        if not share:
+            return [], 0
+        if share < size * COPY_SHARE_BELOW:
+            # Copy the share out: it must not keep the whole turn alive.
+            parts = []
+            pos = 0
+            for start, end in spans:
+                parts.append(data[pos:start])
+                pos = end
+            parts.append(data[pos:])
+            return [b"".join(parts)], self.lines - own_lines
+        view = memoryview(data)
         chunks: list[Chunk] = []
         pos = 0
         for start, end in spans:
             if start > pos:
                 chunks.append(view[pos:start])
             pos = end
-        if pos < len(self.data):
+        if pos < size:
             chunks.append(view[pos:])
-        share = sum(map(len, chunks))
-        if chunks and share < len(self.data) * COPY_SHARE_BELOW:
-            chunks = [b"".join(chunks)]
         return chunks, self.lines - own_lines
 
     def encoded(self, key: str, encode: Callable[[Turn], Any]) -> Any:

@@ -406,7 +406,7 @@ class Server:
         chunks, lines = turn.chunks_for(conn)
         if chunks:
             self.counters.deliveries += lines
-            conn.queue(chunks, now)
+            conn.send_now(chunks, now)
 
     # ---------------------------------------------------------------- stop
 
