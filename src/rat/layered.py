@@ -96,6 +96,64 @@ class Layer:
         return self.encode(message) if message else b""
 
 
+class Stack(Layer):
+    """Two layers as one: `outer` next to the wire, `inner` next to the lines.
+
+    WebSocket over TLS (WSS) is `Stack(TLSLayer, WebLayer)`.  Bytes from the
+    wire go through `outer.receive`, then `inner.receive`; bytes to the wire
+    go the other way: `inner.encode_turn` (shared by every receiver of the
+    turn, WebSocket frames) and then `outer.encode` (per receiver: each TLS
+    session has its own keys).  The stack is ready when both are, and over
+    when either is.
+    """
+
+    __slots__ = ("_name", "inner", "outer")
+
+    def __init__(self, outer: Layer, inner: Layer, name: str = "") -> None:
+        self.outer = outer
+        self.inner = inner
+        self._name = name or f"{inner.name}+{outer.name}"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._name
+
+    @property
+    def handshake_timeout(self) -> float | None:  # type: ignore[override]
+        """The longer of the two (None if either has no limit)."""
+        outer, inner = self.outer.handshake_timeout, self.inner.handshake_timeout
+        return None if outer is None or inner is None else max(outer, inner)
+
+    @property
+    def ready(self) -> bool:
+        return self.outer.ready and self.inner.ready
+
+    @property
+    def finished(self) -> bool:
+        return self.outer.finished or self.inner.finished
+
+    def receive(self, data: bytes) -> bytes:
+        middle = self.outer.receive(data)
+        return self.inner.receive(middle) if middle else b""
+
+    def outgoing(self) -> bytes:
+        """The inner layer's replies (pongs, the HTTP upgrade), wrapped by the outer one."""
+        reply = self.inner.outgoing()
+        if reply:
+            return self.outer.encode(reply)  # also carries what the outer had pending
+        return self.outer.outgoing()
+
+    def encode(self, data: bytes) -> bytes:
+        return self.outer.encode(self.inner.encode(data))
+
+    def encode_turn(self, turn: Turn) -> bytes:
+        return self.outer.encode(self.inner.encode_turn(turn))
+
+    def farewell(self, message: bytes, reason: str) -> bytes:
+        """The inner goodbye (message, close frame), wrapped, then the outer's own."""
+        return self.outer.farewell(self.inner.farewell(message, reason), reason)
+
+
 class LayeredConn(Conn):
     """A connection whose wire bytes pass through a `Layer`."""
 
@@ -137,12 +195,15 @@ class LayeredConn(Conn):
             self._send_layer_output()
             self.close_gracefully(err.reason)
             return
-        self._after_layer()
-        if app and self.state == OPEN:
-            super().received(app)
+        self._after_layer(app)
 
-    def _after_layer(self) -> None:
-        """Send what the layer wants sent; join when ready; close when it is over."""
+    def _after_layer(self, app: bytes = b"") -> None:
+        """Send what the layer wants sent; join when ready; frame `app`; close when over.
+
+        `app` is framed after the join and before the close: a peer's last
+        lines and its goodbye (a TLS close_notify, a WebSocket close) often
+        arrive in one read, and the lines must not be lost to the goodbye.
+        """
         self._send_layer_output()
         if self.state != OPEN:
             return
@@ -152,7 +213,14 @@ class LayeredConn(Conn):
                 self.server.loop.cancel(self.timer)
                 self.timer = None
             self.server.join(self)
-        if layer.finished:
+        if app and self.state == OPEN:
+            super().received(app)
+        if layer.finished and self.state == OPEN:
+            # The peer ended the conversation: as for a TCP EOF, its
+            # unfinished line is relayed with a newline added.
+            tail = self.framer.take_partial()
+            if tail:
+                self.server.publish_lines(self, tail)
             self.close_gracefully("eof")
 
     def _send_layer_output(self) -> None:
