@@ -5,12 +5,15 @@ listening address (`rat.listener`), a `Conn` per client (`rat.connection`)
 and the hub (`rat.hub`).  It owns the three decisions that belong to no
 single connection:
 
-- admission: `--max-clients`, and who gives up a slot when there is none
-  (a half-closed client, oldest first);
+- admission: `--allow`/`--deny` (rat.access), before a byte is read;
+  `--max-clients`, and who gives up a slot when there is none (a
+  half-closed client, oldest first);
 - delivery: at the end of each turn, every room's new lines go to every
   member, one `send` per receiver per turn (`deliver`);
-- the stop: on SIGINT/SIGTERM/SIGHUP every connection closes gracefully,
-  within `--shutdown-timeout`, and a second signal cuts it short.
+- the stop: on SIGINT/SIGTERM every connection closes gracefully, within
+  `--shutdown-timeout`, and a second signal cuts it short.  SIGHUP stops the
+  same way, unless something can be reloaded (`reloaders`: TLS certificates,
+  the token file): then it reloads and the server keeps running.
 
 Delivery, the fast path
 -----------------------
@@ -42,6 +45,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rat.config import Config
 from rat.connection import CLOSING, OPEN, Conn
@@ -51,6 +55,9 @@ from rat.loop import Loop
 from rat.net import close_reason, enable_keepalive, listen_address
 from rat.poller import Poller
 from rat.timers import Timer
+
+if TYPE_CHECKING:
+    from rat.access import AddressRules  # imported (ipaddress too) only with --allow/--deny
 
 log = logging.getLogger("rat")
 
@@ -85,6 +92,7 @@ class Counters:
         "evicted",
         "lines_in",
         "rejected_busy",
+        "rejected_denied",
         "rejected_full",
     )
 
@@ -92,6 +100,7 @@ class Counters:
         self.accepted = 0
         self.rejected_full = 0  # refused: --max-clients reached
         self.rejected_busy = 0  # refused: out of file descriptors
+        self.rejected_denied = 0  # refused: --allow/--deny (rat.access)
         self.evicted = 0  # half-closed clients closed to make room
         self.lines_in = 0
         self.deliveries = 0  # lines queued to receivers
@@ -104,7 +113,8 @@ class Counters:
         closed = ", ".join(f"{reason}={n}" for reason, n in sorted(self.closed.items()))
         return (
             f"counters: accepted={self.accepted} rejected_full={self.rejected_full}"
-            f" rejected_busy={self.rejected_busy} emfile={emfile} evicted={self.evicted}"
+            f" rejected_busy={self.rejected_busy} rejected_denied={self.rejected_denied}"
+            f" emfile={emfile} evicted={self.evicted}"
             f" lines_in={self.lines_in} deliveries={self.deliveries}"
             f" bytes_in={self.bytes_in} bytes_out={self.bytes_out}"
             f" dropped_bytes={self.dropped_bytes}"
@@ -141,6 +151,10 @@ class Server:
         self._probe_timer: Timer | None = None
         self.spare = SpareDescriptor()
         self.acceptors: list[Acceptor] = []
+        # --allow/--deny (rat.access), checked at accept; None: everyone may connect.
+        self.address_rules: AddressRules | None = None
+        # What SIGHUP reloads (TLS certificates, the token file); none: SIGHUP stops.
+        self.reloaders: list[Callable[[], object]] = []
         self.listen(listeners)
         self.coalesce = config.coalesce_ms / 1000.0
         self._last_delivery = float("-inf")
@@ -240,6 +254,8 @@ class Server:
         refusal: bytes = ERR_SERVER_FULL,
     ) -> None:
         """A new connection from an `Acceptor`: admit it, or refuse it with a reason."""
+        if self.address_rules is not None and not self._address_admitted(sock, addr):
+            return
         if self.clients >= self.limits.max_clients and not self.make_room():
             self.counters.rejected_full += 1
             log.warning("refused %s: server full (%s)", addr, self.describe_clients())
@@ -256,6 +272,23 @@ class Server:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connect %s (fd %d, %s)", addr, conn.fd, self.describe_clients())
         conn.start()
+
+    def _address_admitted(self, sock: socket.socket, addr: str) -> bool:
+        """--allow/--deny: close a refused connection at once, before any byte is read."""
+        assert self.address_rules is not None
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return True  # a Unix socket: its file's permissions decide
+        try:
+            ip = sock.getpeername()[0]
+        except OSError:  # it is gone already
+            ip = ""
+        if ip and self.address_rules.admits(ip):
+            return True
+        self.counters.rejected_denied += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("refused %s: address not allowed (--allow/--deny)", addr)
+        sock.close()
+        return False
 
     def join(self, conn: Conn, room: Room | None = None) -> None:
         """`conn` starts receiving `room`'s broadcasts (the lobby by default)."""
@@ -425,6 +458,11 @@ class Server:
         name = signal.Signals(signum).name
         if signum in IGNORED_SIGNALS:
             log.info("%s ignored (rat does nothing on it)", name)
+            return
+        if signum == signal.SIGHUP and self.reloaders and not self.stopping:
+            log.info("SIGHUP: reloading (the server keeps running)")
+            for reload in self.reloaders:
+                reload()
             return
         self._stop_signals += 1
         if self._stop_signals == 1:
