@@ -494,3 +494,14 @@ class Conn(OutBuffer):
         loop.remove(self.fd, self)
         self.sock.close()
         server.on_closed(self, logged)
+
+
+class UnixConn(Conn):
+    """A client of a Unix-socket listener (`--unix`): a plain connection by another name.
+
+    Only its transport differs (logs, metrics); the data path is the TCP one.
+    """
+
+    __slots__ = ()
+
+    transport = "unix"

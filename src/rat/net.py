@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import socket
+import stat
 import struct
 import termios
 
@@ -90,6 +91,75 @@ def _listen(
         sock.close()
         raise
     return sock
+
+
+UNIX_SOCKET_MODE = 0o660  # owner and group may connect (SPEC: --unix)
+
+
+class UnixSocketFile:
+    """The file of a Unix-socket listener, removed at exit if it is still ours."""
+
+    def __init__(self, path: str, inode: int) -> None:
+        self.path = path
+        self.inode = inode
+
+    def remove(self) -> None:
+        """Unlink the file, unless another server has replaced it meanwhile."""
+        try:
+            if os.lstat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def open_unix_listener(path: str, backlog: int = 0) -> tuple[socket.socket, UnixSocketFile]:
+    """Listen on a Unix socket at `path` (mode 0660); return it and its file.
+
+    A socket file left behind by a server that died (nobody accepts on it)
+    is replaced.  One with a live server behind it is an error (EADDRINUSE),
+    as is a path that exists and is not a socket: we never delete a file we
+    did not make.  Raises OSError; on failure no socket stays open.
+    """
+    if _stale_socket_file(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # The umask decides the mode bind() creates the file with: set it so
+        # that the file is never, even for a moment, open to more than 0660.
+        old_umask = os.umask(0o777 & ~UNIX_SOCKET_MODE)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, UNIX_SOCKET_MODE)  # exactly 0660, whatever the umask allowed
+        inode = os.lstat(path).st_ino
+        sock.listen(backlog or somaxconn())
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock, UnixSocketFile(path, inode)
+
+
+def _stale_socket_file(path: str) -> bool:
+    """True if `path` is a socket file nobody listens on; raise if it is in use or no socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(errno.EEXIST, "the path exists and is not a socket", path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)  # a live server with a full backlog says EAGAIN, not wait
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True  # a leftover: nobody accepts connections on it
+    except BlockingIOError:
+        pass  # somebody listens, busy
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "another server is listening on it", path)
 
 
 def listen_address(sock: socket.socket) -> str:
