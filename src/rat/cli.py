@@ -138,6 +138,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGINT/SIGTERM/SIGHUP, how long to flush queued output before exiting",
     )
+    _add_security_options(serve)
     serve.epilog = (
         "Every option can also be set in the environment: --max-line is RAT_MAX_LINE,"
         " a switch is on for 1/true/yes.  The command line wins."
@@ -155,6 +156,66 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         if bench_module is not None:
             bench_module.add_arguments(bench)
     return parser
+
+
+# ---- security and reach (issue 14): --tls-cert/--tls-key, --token-file,
+# --allow/--deny, --unix.  The work is in rat.security; this is the wiring.
+
+
+def _network(text: str) -> str:
+    """A CIDR for --allow/--deny, checked now (a usage error if bad)."""
+    from rat.access import parse_network  # noqa: PLC0415 (only when the option is used)
+
+    try:
+        return str(parse_network(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_security_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("security and reach")
+    group.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="certificate chain (PEM): the TCP listener (and --web) speaks TLS only",
+    )
+    group.add_argument("--tls-key", metavar="FILE", help="private key (PEM) for --tls-cert")
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="tokens, one per line: every client must first send 'AUTH <token>' (within 5 s)",
+    )
+    group.add_argument(
+        "--allow",
+        action="append",
+        type=_network,
+        default=[],
+        metavar="CIDR",
+        help="accept clients only from these networks (repeatable; IPv4 or IPv6)",
+    )
+    group.add_argument(
+        "--deny",
+        action="append",
+        type=_network,
+        default=[],
+        metavar="CIDR",
+        help="refuse clients from these networks (repeatable; wins over --allow)",
+    )
+    group.add_argument(
+        "--unix", metavar="PATH", help="also listen on a Unix socket at PATH (mode 0660)"
+    )
+
+
+def _check_security_options(serve: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--tls-cert and --tls-key come together."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        given, missing = ("--tls-cert", "--tls-key")
+        if args.tls_key:
+            given, missing = missing, given
+        serve.error(f"{given} needs {missing} as well")
+
+
+# ---- end of security and reach
 
 
 def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
@@ -175,6 +236,13 @@ def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) 
                 value = False
             else:
                 serve.error(f"{name}: expected 1/true/yes or 0/false/no, got {text!r}")
+        elif isinstance(action, argparse._AppendAction):
+            # A repeatable option: several values, separated by commas or spaces.
+            try:
+                convert = action.type if callable(action.type) else str
+                value = [convert(item) for item in text.replace(",", " ").split()]
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                serve.error(f"{name}: {err}")
         else:
             try:
                 value = action.type(text) if callable(action.type) else text
@@ -203,6 +271,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         trace=args.trace,
         backlog=args.backlog,
         coalesce_ms=args.coalesce_ms,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token_file=args.token_file,
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
+        unix=args.unix,
         limits=Limits(
             max_line=args.max_line,
             max_pending=args.max_pending,
@@ -223,6 +297,16 @@ def serve(config: Config) -> int:
     except ValueError as err:
         print(f"rat: {err}", file=sys.stderr)
         return 2
+    # ---- security and reach: read the files first (a bad one: one line, exit 1)
+    from rat.security import Security, StartError  # noqa: PLC0415 (cheap; see rat.security)
+
+    try:
+        security = Security.load(config)
+    except StartError as err:
+        print(f"rat: {err}", file=sys.stderr)
+        poller.close()
+        return 1
+    # ---- end of security and reach
     try:
         listeners = open_listeners(config.host, config.port, config.backlog)
     except OSError as err:
@@ -234,8 +318,22 @@ def serve(config: Config) -> int:
         print(f"rat: cannot listen on {address}: no IPv4 or IPv6 address", file=sys.stderr)
         poller.close()
         return 1
+    # ---- security and reach: --unix; with TLS the TCP listeners get TLS connections
+    try:
+        security.open_unix(config.backlog)
+    except OSError as err:
+        print(f"rat: cannot listen on unix {config.unix}: {err.strerror or err}", file=sys.stderr)
+        for sock in listeners:
+            sock.close()
+        poller.close()
+        return 1
+    line_listeners = listeners
+    if security.certificates is not None:
+        listeners = []  # the server listens on them below, with TLS connections
+    # ---- end of security and reach
     nofile = raise_nofile_limit()
     server = Server(listeners, poller, config)
+    security.install(server, line_listeners)  # ---- security and reach
 
     def ready() -> None:
         details = [f"pid {os.getpid()}", f"backend {poller.name}", f"descriptor limit {nofile}"]
@@ -243,9 +341,16 @@ def serve(config: Config) -> int:
             details.append("echo on")
         if config.coalesce_ms:
             details.append(f"coalescing {config.coalesce_ms:g} ms")
+        details += security.details()  # ---- security and reach
         announce(f"listening on {', '.join(server.addresses)} ({', '.join(details)})")
 
-    return server.serve_forever(ready=ready)
+    warning = security.exposure_warning(server.addresses)  # ---- security and reach
+    if warning:
+        logging.getLogger("rat").warning("%s", warning)
+    try:
+        return server.serve_forever(ready=ready)
+    finally:
+        security.close()  # ---- security and reach: remove the Unix socket file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command == "serve":
+        _check_security_options(_subparser(parser, "serve"), args)
         return serve(config_from_args(args))
     bench_module = _bench_module()
     if bench_module is None:

@@ -48,3 +48,10 @@ class Config:
     backlog: int = 0  # listen() backlog; 0: the system's somaxconn
     coalesce_ms: float = DEFAULT_COALESCE_MS
     limits: Limits = field(default_factory=Limits)
+    # ---- security and reach (issue 14): rat.tls, rat.auth, rat.access
+    tls_cert: str | None = None  # --tls-cert FILE (PEM): the TCP listener speaks TLS
+    tls_key: str | None = None  # --tls-key FILE (PEM)
+    token_file: str | None = None  # --token-file: clients must send AUTH <token> first
+    allow: tuple[str, ...] = ()  # --allow CIDR (repeatable)
+    deny: tuple[str, ...] = ()  # --deny CIDR (repeatable; wins over allow)
+    unix: str | None = None  # --unix PATH: a Unix-socket listener as well
