@@ -99,11 +99,14 @@ class TLSLayer(Layer):
             except ssl.SSLWantReadError:
                 break  # all that was fed is decrypted
             except ssl.SSLZeroReturnError:
-                self._closed = True  # close_notify: the peer sends nothing more
+                self._closed = True  # close_notify (how some versions report it)
                 break
             except ssl.SSLError as err:
                 raise LayerError("tls_error", _describe(err), b"".join(chunks)) from None
             if not chunk:
+                # b"" without an exception: the peer's close_notify, it sends
+                # nothing more (TLS tells a clean end from a cut connection).
+                self._closed = True
                 break
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
