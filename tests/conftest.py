@@ -3,7 +3,10 @@
 `rat_server(*flags)` starts `python -m rat serve --port 0 *flags`, waits for
 the `listening on HOST:PORT` line and returns a `ServerProcess`.  Every server a
 test starts is stopped by PID when the test ends.  Parametrising with
-`backend` runs a test against both poller backends.
+`backend` runs a test against both poller backends; overriding `transport`
+(as tests/test_integration.py does) runs it over TLS as well: the server gets
+`--tls-cert/--tls-key` and every `server.connect()` speaks TLS
+(tests/transport.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from transport import TLSMaterial
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
@@ -59,6 +64,8 @@ class ServerProcess:
         self._lock = threading.Lock()
         self.host = "127.0.0.1"
         self.port = 0
+        # Wraps each client socket for the transport (TLS), or None for plain TCP.
+        self.wrap: Callable[[socket.socket], socket.socket] | None = None
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -100,7 +107,7 @@ class ServerProcess:
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        return sock
+        return self.wrap(sock) if self.wrap is not None else sock
 
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
@@ -127,12 +134,32 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def rat_server() -> Iterator[Callable[..., ServerProcess]]:
+def transport() -> str:
+    """How clients reach the server: "plain" TCP here; a test module may add "tls"."""
+    return "plain"
+
+
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> TLSMaterial:
+    """A test CA and a server certificate (made once per test session)."""
+    return TLSMaterial(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def rat_server(
+    transport: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ServerProcess]]:
     """Factory: `rat_server("--echo", preexec=...)` starts a server on an ephemeral port."""
     started: list[ServerProcess] = []
+    tls: TLSMaterial | None = None
+    if transport == "tls":
+        tls = request.getfixturevalue("tls_material")
 
     def start(*flags: str, preexec: Callable[[], None] | None = None) -> ServerProcess:
-        server = ServerProcess(["--host", "127.0.0.1", "--port", "0", *flags], preexec)
+        extra = tls.flags if tls is not None else []
+        server = ServerProcess(["--host", "127.0.0.1", "--port", "0", *extra, *flags], preexec)
+        if tls is not None:
+            server.wrap = tls.wrap
         started.append(server)
         return server
 

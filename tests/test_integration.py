@@ -1,7 +1,11 @@
 """Integration tests: rat as a subprocess, real TCP sockets on 127.0.0.1.
 
-Every protocol test runs once per poller backend (the `backend` fixture).  The
-tests compare exact bytes; none of them asserts on timing.  Every wait is
+Every protocol test runs once per poller backend (the `backend` fixture) and
+once per transport (the `transport` fixture): plain TCP, and again over TLS,
+the way Redis reruns its suite with `--tls`, since nothing in these tests
+depends on the bytes being in the clear.  The few that are about TCP itself
+say so and run plain only.  The tests compare exact bytes; none of them
+asserts on timing.  Every wait is
 bounded, so a server that loses or withholds data fails a test instead of
 hanging it.
 """
@@ -58,7 +62,7 @@ class Clients:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
         sock.connect((server.host, server.port))
-        return sock
+        return server.wrap(sock) if server.wrap is not None else sock
 
     def connect_many(self, server: ServerProcess, count: int) -> list[socket.socket]:
         return [self.connect(server) for _ in range(count)]
@@ -67,6 +71,16 @@ class Clients:
         for sock in self.opened:
             sock.close()
         self.opened.clear()
+
+
+@pytest.fixture(params=["plain", "tls"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Run each test over plain TCP and over TLS (see conftest's `rat_server`)."""
+    return str(request.param)
+
+
+# For tests about TCP itself, not about rat's protocol.
+plain_tcp_only = pytest.mark.parametrize("transport", ["plain"])
 
 
 @pytest.fixture
@@ -541,6 +555,7 @@ def test_reset_client_does_not_disturb_others(
     assert server.proc.poll() is None
 
 
+@plain_tcp_only  # a TLS client cannot finish its handshake with a frozen server
 def test_client_accepted_right_after_a_reset_is_kept(
     rat_server: StartServer, backend: str, clients: Clients
 ) -> None:
