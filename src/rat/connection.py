@@ -321,7 +321,12 @@ class Conn(OutBuffer):
             if not self.pending:
                 self.last_progress = now  # the write-timeout clock starts now
                 self.note_short_send(sent, size)
-            self.append(memoryview(chunk)[sent:] if sent else chunk)
+            # The partly sent chunk is queued whole and advanced past what
+            # the kernel took, so the queue knows its stream is inside a line
+            # (a cut then finishes that line rather than tearing it).
+            self.append(chunk)
+            if sent:
+                self.advance(sent)
             sent = 0
         if self.pending:
             if self.over_limit:

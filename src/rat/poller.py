@@ -48,6 +48,13 @@ HANGUP = 4
 
 Event = tuple[int, int]  # (fd, READABLE|WRITABLE|HANGUP)
 
+# The epoll event bits, in the order --trace prints them.
+EPOLL_NAMES = [
+    (getattr(select, name), name)
+    for name in ("EPOLLIN", "EPOLLOUT", "EPOLLRDHUP", "EPOLLHUP", "EPOLLERR", "EPOLLPRI")
+    if hasattr(select, name)
+]
+
 
 def describe_mask(mask: int) -> str:
     """'R', 'W', 'H' letters for a mask; '-' for none (used by --trace)."""
@@ -86,6 +93,20 @@ class Poller(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the poller's own resources."""
+
+    # For --trace: the kernel's own view of an event, before translation.
+
+    def poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
+        """Like `poll`, but with the backend's own event masks."""
+        return self.poll(timeout)
+
+    def translate(self, raw: int) -> int:
+        """A backend mask from `poll_raw` as rat's flags."""
+        return raw
+
+    def kernel_names(self, raw: int) -> str:
+        """A backend mask from `poll_raw` in the backend's own words."""
+        return describe_mask(raw)
 
 
 class EpollPoller(Poller):
@@ -144,6 +165,15 @@ class EpollPoller(Poller):
     def close(self) -> None:
         self._epoll.close()
 
+    def poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
+        return self._epoll.poll(-1 if timeout is None else timeout)
+
+    def translate(self, raw: int) -> int:
+        return self._events.get(raw) or self._from_epoll(raw)
+
+    def kernel_names(self, raw: int) -> str:
+        return "|".join(name for bit, name in EPOLL_NAMES if raw & bit) or "0"
+
 
 class SelectorPoller(Poller):
     """The portable fallback: the stdlib's default selector, level-triggered."""
@@ -199,6 +229,18 @@ class SelectorPoller(Poller):
     def close(self) -> None:
         self._selector.close()
 
+    def poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
+        return [(key.fd, ev) for key, ev in self._selector.select(timeout)]
+
+    def translate(self, raw: int) -> int:
+        return (READABLE if raw & selectors.EVENT_READ else 0) | (
+            WRITABLE if raw & selectors.EVENT_WRITE else 0
+        )
+
+    def kernel_names(self, raw: int) -> str:
+        names = ("EVENT_READ", selectors.EVENT_READ), ("EVENT_WRITE", selectors.EVENT_WRITE)
+        return "|".join(name for name, bit in names if raw & bit) or "0"
+
 
 class TracingPoller(Poller):
     """Wraps a poller and prints every event and interest change (`--trace`).
@@ -234,11 +276,19 @@ class TracingPoller(Poller):
         self.inner.unregister(fd)
 
     def poll(self, timeout: float | None) -> list[Event]:
-        events = self.inner.poll(timeout)
-        if events:
-            self.note(f"poll -> {len(events)} event{'s' if len(events) > 1 else ''}")
-        for fd, mask in events:
-            self.note(f"  event    fd={fd} {self._describe(fd)} {describe_mask(mask)}")
+        """Poll, and print each event as the kernel reported it and as rat reads it."""
+        inner = self.inner
+        raw = inner.poll_raw(timeout)
+        if raw:
+            self.note(f"poll -> {len(raw)} event{'s' if len(raw) > 1 else ''}")
+        events = []
+        for fd, bits in raw:
+            mask = inner.translate(bits)
+            self.note(
+                f"  event    fd={fd} {self._describe(fd)} {inner.kernel_names(bits)}"
+                f" -> {describe_mask(mask)}"
+            )
+            events.append((fd, mask))
         return events
 
     def close(self) -> None:

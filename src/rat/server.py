@@ -74,9 +74,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
-def plural(count: int, word: str) -> str:
-    """'1 client', '2 clients'."""
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+def plural(count: int, word: str, words: str = "") -> str:
+    """'1 client', '2 clients' ('1 delivery', '2 deliveries' with `words`)."""
+    return f"{count} {word}" if count == 1 else f"{count} {words or word + 's'}"
 
 
 class Counters:
@@ -371,7 +371,9 @@ class Server:
     def on_closed(self, conn: Conn, logged: bool) -> None:
         """`conn`'s socket is closed: forget it."""
         self.clients -= 1
-        was_half_closed = self.half_closed.pop(conn, None) is not None
+        was_half_closed = conn in self.half_closed
+        if was_half_closed:
+            del self.half_closed[conn]
         reason = conn.close_reason
         if was_half_closed and reason in ("reset", "timeout"):
             # It had closed its side, and now a send or a probe found it gone.
