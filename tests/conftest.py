@@ -225,3 +225,15 @@ def sync_clients(server: ServerProcess, clients: list[socket.socket]) -> None:
     finally:
         # Also on failure: an unclosed socket's ResourceWarning would bury it.
         probe.close()
+
+
+def read_to_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
+    """Everything `sock` receives until the server closes it (EOF or a reset)."""
+    sock.settimeout(timeout)
+    got = b""
+    try:
+        while chunk := sock.recv(4096):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rat.auth
-from conftest import ServerProcess, assert_silent, recv_lines
+from conftest import ServerProcess, assert_silent, read_to_eof, recv_lines
 from rat.auth import AUTH_TIMEOUT, TokenFileError, TokenGate, Tokens, parse_auth, read_tokens
 from rat.config import Config
 from rat.net import open_listeners
@@ -281,17 +281,6 @@ def authed(server: ServerProcess, token: bytes = b"s3cret-one") -> socket.socket
     sock.sendall(b"AUTH " + token + b"\n")
     assert recv_lines(sock, 1) == [b"* ok\n"]
     return sock
-
-
-def read_to_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    sock.settimeout(timeout)
-    got = b""
-    try:
-        while chunk := sock.recv(4096):
-            got += chunk
-    except ConnectionResetError:
-        pass
-    return got
 
 
 def sync(server: ServerProcess, members: list[socket.socket], token: bytes = b"s3cret-one") -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import ServerProcess, assert_silent, recv_lines
+from conftest import ServerProcess, assert_silent, read_to_eof, recv_lines
 from transport import TLSMaterial
 
 StartServer = Callable[..., ServerProcess]
@@ -61,17 +61,6 @@ def sync(sender: socket.socket, others: list[socket.socket]) -> None:
     sender.sendall(b"__sync__\n")
     for sock in others:
         assert recv_lines(sock, 1) == [b"__sync__\n"]
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    got = b""
-    try:
-        while chunk := sock.recv(4096):
-            got += chunk
-    except ConnectionResetError:
-        pass
-    return got
 
 
 def test_ipv6_loopback(serve: StartServer) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import ServerProcess, assert_silent, recv_lines
+from conftest import ServerProcess, assert_silent, read_to_eof, recv_lines
 from test_integration import run_cli
 from transport import TLSMaterial
 
@@ -76,17 +76,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def read_to_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
-    sock.settimeout(timeout)
-    got = b""
-    try:
-        while chunk := sock.recv(4096):
-            got += chunk
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    return got
 
 
 # --------------------------------------------------------------------------- one broadcast

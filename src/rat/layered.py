@@ -209,8 +209,12 @@ class LayeredConn(Conn):
             return
         layer = self.layer
         if self.room is None and layer.ready and not layer.finished:
-            if self.timer is not None:  # the handshake timer
-                self.server.loop.cancel(self.timer)
+            # The handshake timer, and only it: a join that does not make the
+            # connection a member at once (a token gate, rat.auth) is called
+            # again on the next read, when `timer` may be a write timeout.
+            timer = self.timer
+            if timer is not None and timer.callback == self._handshake_expired:
+                self.server.loop.cancel(timer)
                 self.timer = None
             self.server.join(self)
         if app and self.state == OPEN:
