@@ -130,12 +130,14 @@ class TLSLayer(Layer):
         del reason
         if not self._ready:
             return self._outgoing.read()
-        if message:
-            self._obj.write(message)
         try:
+            if message:
+                self._obj.write(message)
             self._obj.unwrap()  # writes close_notify; it would wait for the peer's
-        except (ssl.SSLWantReadError, ssl.SSLError):
+        except ssl.SSLWantReadError:
             pass  # we do not wait: the connection's close does the waiting
+        except ssl.SSLError:
+            pass  # the session is broken already (a bad record): nothing more to say
         return self._outgoing.read()
 
 
