@@ -237,7 +237,11 @@ class LayeredConn(Conn):
         return self.cut_to_chunk_end()
 
     def deliver_turn(self, turn: Turn, now: float) -> None:
-        """This turn's lines, encoded for this peer, queued and (unless blocked) sent."""
+        """This turn's lines, encoded for this peer, sent now (queued only if blocked).
+
+        `send_now`, like the plain senders' path: a receiver that keeps up
+        takes its wire bytes in one `send`, and the queue is never touched.
+        """
         if self.state != OPEN:
             return
         own = None if turn.echo else turn.own.get(self)
@@ -249,7 +253,7 @@ class LayeredConn(Conn):
             wire = self.layer.encode(b"".join(chunks)) if chunks else b""
         if wire:
             self.server.counters.deliveries += lines
-            self.queue([wire], now)
+            self.send_now([wire], now)
 
     def close_gracefully(
         self,

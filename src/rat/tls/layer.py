@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ssl
 
+from rat.hub import Turn
 from rat.layered import Layer, LayerError
 
 # Plaintext asked for per `SSLObject.read`: a TLS record carries at most 16 KiB,
@@ -123,6 +124,11 @@ class TLSLayer(Layer):
         """
         if data:
             self._obj.write(data)
+        return self._outgoing.read()
+
+    def encode_turn(self, turn: Turn) -> bytes:
+        """A turn for this receiver: its own encryption (nothing to share across keys)."""
+        self._obj.write(turn.data)
         return self._outgoing.read()
 
     def farewell(self, message: bytes, reason: str) -> bytes:
