@@ -466,11 +466,11 @@ class Server:
             last = self._last_counts
             self._last_counts = counts
             log.debug(
-                "turn %d: %d accepted, %d bytes read, %d lines in, %d line deliveries; %s",
+                "turn %d: %d accepted, %s read, %s in, %s; %s",
                 self.loop.turns,
                 counts[0] - last[0],
-                counts[1] - last[1],
-                counts[2] - last[2],
-                counts[3] - last[3],
+                plural(counts[1] - last[1], "byte"),
+                plural(counts[2] - last[2], "line"),
+                plural(counts[3] - last[3], "line delivery", "line deliveries"),
                 self.describe_clients(),
             )
