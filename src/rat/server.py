@@ -325,7 +325,7 @@ class Server:
             self._stop_dropped[0] += dropped
             self._stop_dropped[1] += 1
 
-    def on_closed(self, conn: Conn, logged: bool) -> None:
+    def on_closed(self, conn: Conn, quiet: bool) -> None:
         """`conn`'s socket is closed: forget it."""
         self.clients -= 1
         was_half_closed = conn in self.half_closed
@@ -336,7 +336,7 @@ class Server:
             # It had closed its side, and now a send or a probe found it gone.
             reason = conn.close_reason = "eof"
         self.counters.closed[reason] = self.counters.closed.get(reason, 0) + 1
-        if not logged and log.isEnabledFor(logging.DEBUG):
+        if not quiet and log.isEnabledFor(logging.DEBUG):
             if reason == "eof":
                 log.debug("disconnect %s: left (it had closed its side; now gone)", conn.addr)
             else:
@@ -358,7 +358,10 @@ class Server:
         self._deliver_now()
 
     def _end_hold(self) -> None:
-        self._hold_timer = None  # the turn's end, right after the timers, delivers
+        """The hold is over.  Nothing to do here: the timer's only job was to
+        wake the loop, and every turn ends with `deliver`, which now finds
+        the window closed and sends."""
+        self._hold_timer = None
 
     def _deliver_now(self) -> None:
         now = self.loop.clock()
