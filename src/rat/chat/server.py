@@ -16,6 +16,8 @@ already make:
 - `on_leave(conn)`: a connection is closing: `Chat.disconnect` frees its
   nick and announces that it left.
 
+And one of its rules: a client that sends EOF has left (`on_half_close`).
+
 Because these are the only entry points, a WebSocket client (a
 `rat.layered.LayeredConn`) is a chat client like any TCP one: its messages
 arrive as lines, and replies reach it through `send_lines`, which its layer
@@ -64,6 +66,18 @@ class ChatServer(Server):
     def on_leave(self, conn: Conn) -> None:
         """`conn` is closing: it leaves its room (announced, unless everyone is leaving)."""
         self.chat.disconnect(conn, announce=not self.stopping)
+
+    def on_half_close(self, conn: Conn) -> None:
+        """EOF: in chat mode the client has left, and says so at once.
+
+        Raw mode keeps a half-closed client as a receiver (v1: TCP cannot tell
+        a half-close from a close).  A chat client that sent EOF is leaving:
+        its nick and its place in the room are freed now, not when a send to
+        it fails, so that the room hears of it and the nick can be taken
+        again at once.  What is queued for it (replies to its last commands)
+        is still sent before the close.
+        """
+        conn.close_gracefully("eof")
 
     def deliver(self) -> None:
         """End of turn: deliver, and make sure what the delivery itself published goes too.
