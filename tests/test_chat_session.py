@@ -17,7 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rat.chat.session import END_OF_HISTORY, Chat, ChatSession
-from rat.chat.text import NICK_MAX, ROOM_MAX, clean, fold, name_problem
+from rat.chat.text import (
+    NICK_MAX,
+    ROOM_MAX,
+    clean,
+    clean_message,
+    clean_messages,
+    fold,
+    name_problem,
+)
 from rat.hub import DEFAULT_ROOM, Hub, Room
 
 
@@ -120,6 +128,39 @@ def test_clean_drops_a_trailing_cr_and_masks_controls() -> None:
 def test_clean_always_yields_text_without_controls(raw: bytes) -> None:
     text = clean(raw).decode()  # valid UTF-8
     assert all(ch == "\t" or not (ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F) for ch in text)
+
+
+any_line = st.one_of(
+    st.binary(max_size=30),
+    st.text(alphabet="ab /\r\t\x1b", max_size=8).map(str.encode),
+).map(lambda b: b.replace(b"\n", b""))
+
+
+@given(st.lists(any_line, min_size=1, max_size=8))
+def test_the_fast_paths_clean_as_clean_does(lines: list[bytes]) -> None:
+    block = b"".join(line + b"\n" for line in lines)
+    plain = [clean(line) for line in lines]
+    expected = b"".join(text + b"\n" for text in plain)
+    fast = clean_message(block) if len(lines) == 1 else clean_messages(block)
+    if fast is not None:
+        assert fast == expected
+        assert all(text and text[:1] != b"/" for text in plain)  # messages only
+    elif all(line.isascii() and b"\r" not in line for line in lines):
+        assert any(not text or text[:1] == b"/" for text in plain)  # not taken for no reason
+
+
+@given(st.lists(any_line, min_size=1, max_size=8), st.integers(0, 2))
+def test_a_block_means_what_its_lines_mean_one_by_one(lines: list[bytes], history: int) -> None:
+    together, one_by_one = Harness(history=history), Harness(history=history)
+    outcomes = []
+    for harness, blocks in ((together, [lines]), (one_by_one, [[line] for line in lines])):
+        sender, other = greeted(harness, 2)
+        for block in blocks:
+            harness.send(sender, *block)
+        harness.deliver()
+        ring = harness.hub.lobby.history
+        outcomes.append((sender.take(), other.take(), list(ring) if ring is not None else None))
+    assert outcomes[0] == outcomes[1]
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from rat.chat.text import NICK_MAX, ROOM_MAX, clean, fold, name_problem, shorten
+from rat.chat.text import (
+    NICK_MAX,
+    ROOM_MAX,
+    clean,
+    clean_message,
+    clean_messages,
+    fold,
+    name_problem,
+    shorten,
+)
 from rat.config import DEFAULT_ANNOUNCE_MAX
 from rat.hub import DEFAULT_ROOM, Hub, Room
 
@@ -207,6 +216,24 @@ class Chat:
             return  # closing: a last fragment after its leave
         prefix = session.prefix
         ring = room.history
+        # Fast paths: a block of plain messages (no command, no empty line, no
+        # CR, ASCII) is cleaned and prefixed without a Python loop over lines.
+        if block.find(b"\n") == len(block) - 1:  # one line: most chat lines
+            text = clean_message(block)
+            if text is not None:
+                message = prefix + text
+                if ring is not None:
+                    ring.append(message)
+                self.hub.publish(client, message, room)
+                return
+        else:
+            text = clean_messages(block)
+            if text is not None:
+                joined = prefix + text[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
+                if ring is not None:
+                    ring.extend(line + b"\n" for line in joined[:-1].split(b"\n"))
+                self.hub.publish(client, joined, room)
+                return
         messages: list[bytes] = []  # this block's messages, published together
         for raw in block[:-1].split(b"\n"):
             text = clean(raw)
