@@ -10,6 +10,7 @@ rules themselves are tested without sockets in test_chat_session.py.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -304,6 +305,22 @@ def test_a_slow_consumer_dropped_at_delivery_is_announced_at_once(
     if lines and lines[-1] == b"ERR slow consumer":  # best effort: there may be no room
         lines.pop()
     assert lines and all(line == message for line in lines)
+
+
+def test_sigterm_stops_a_chat_server_as_in_v1(
+    rat_server: StartServer, chatters: Callable[..., Chatter]
+) -> None:
+    server = rat_server("--chat")
+    alice, bob = chatters(server), chatters(server)
+    alice.read(1)
+    bob.say(b"/join #elsewhere")
+    bob.read(1)
+    alice.read(1)  # guest2 left #lobby
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    for who in (alice, bob):
+        assert who.sock.recv(100) == b""  # a clean close, no notices on the way out
+    assert "Traceback" not in server.stderr
 
 
 def test_plain_mode_is_untouched_and_never_imports_chat(

@@ -280,11 +280,9 @@ class Chat:
     # ----------------------------------------------------------- commands
 
     def _nick(self, client: Client, session: ChatSession, args: str) -> None:
-        words = args.split()
-        if len(words) != 1:
-            self._error(client, f"usage: /nick NAME ({NICK_RULE})")
+        nick = self._one_word(client, args, f"/nick NAME ({NICK_RULE})")
+        if nick is None:
             return
-        nick = words[0]
         problem = name_problem("nick", nick, NICK_MAX)
         if problem is not None:
             self._error(client, f"{problem}; usage: /nick NAME ({NICK_RULE})")
@@ -306,11 +304,9 @@ class Chat:
             self.hub.publish(client, f"* {old} is now {nick}\n".encode(), room)
 
     def _join(self, client: Client, session: ChatSession, args: str) -> None:
-        words = args.split()
-        if len(words) != 1:
-            self._error(client, f"usage: /join #room ({ROOM_RULE})")
+        word = self._one_word(client, args, f"/join #room ({ROOM_RULE})")
+        if word is None:
             return
-        word = words[0]
         if not word.startswith("#"):
             hint = f"/join #{word}" if name_problem("", word, ROOM_MAX) is None else "/join #room"
             self._error(client, f"room names start with #: try {hint}")
@@ -432,6 +428,14 @@ class Chat:
         return kept
 
     # ----------------------------------------------------------- replies
+
+    def _one_word(self, client: Client, args: str, usage: str) -> str | None:
+        """The command's one argument; or None, after telling the client how to use it."""
+        words = args.split()
+        if len(words) != 1:
+            self._error(client, f"usage: {usage}")
+            return None
+        return words[0]
 
     def _no_arguments(self, client: Client, command: str, args: str) -> bool:
         if args.strip():
