@@ -9,7 +9,7 @@ Scenarios:
   one of them must receive.
 
 Every line carries its publisher id, sequence number and send time; every
-line received is checked (see `ratbench.worker`).  The report gives
+line received is checked (see `ratbench.receive`).  The report gives
 published and delivered lines/s, latency percentiles, lost, reordered,
 duplicated and malformed lines (all must be 0), and with `--server-pid` the
 server's CPU time, its nanoseconds of CPU per delivered line and its memory.

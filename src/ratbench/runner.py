@@ -23,7 +23,6 @@ by `--duration` and `--max-lines`, the drain by `--grace`.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import random
 import socket
@@ -31,16 +30,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ratbench.check import LatencyHistogram
+from ratbench.errors import BenchError
+from ratbench.pipe import WorkerPool
+from ratbench.plan import WorkerPlan, WorkerResult
+from ratbench.poller import raise_nofile
 from ratbench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
 from ratbench.wire import encode_line, make_wire, sync_line
-from ratbench.worker import BenchError, WorkerPlan, WorkerResult, raise_nofile, worker_main
+from ratbench.worker import worker_main
 
 GO_DELAY_NS = 50_000_000  # "go" names a start this far ahead, so workers start together
-REPEAT_S = 1.0  # the sync line is sent again this often until every receiver has it
 
 
 @dataclass
@@ -98,10 +99,9 @@ class Coordinator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.wire = make_wire(cfg.proto, cfg.line_size)
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
+        self.pool = WorkerPool()
+        self.pool.on_tick = self.tick
         self.outcome = Outcome(cfg)
-        self.progress: dict[int, tuple[int, int]] = {}
         self.next_sample = 0.0
         self.progress_shown = False
 
@@ -158,56 +158,7 @@ class Coordinator:
             for i, share in enumerate(shares)
         ]
 
-    # -- talking to workers ------------------------------------------------------
-
-    def start_workers(self, plans: list[WorkerPlan]) -> None:
-        # fork: the workers need nothing re-imported, and the coordinator has no threads.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx: Any = multiprocessing.get_context(method)
-        for plan in plans:
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(plan, theirs), daemon=True)
-            proc.start()
-            theirs.close()
-            self.pipes.append(ours)
-            self.procs.append(proc)
-
-    def gather(
-        self, kind: str, deadline: float, repeat: Callable[[], None] | None = None
-    ) -> list[tuple[Any, ...]]:
-        """One `kind` message from every worker (progress handled on the way).
-
-        `repeat`, if given, is called every `REPEAT_S` seconds while waiting.
-        """
-        got: dict[int, tuple[Any, ...]] = {}
-        next_repeat = time.monotonic() + REPEAT_S
-        while len(got) < len(self.pipes):
-            if repeat is not None and time.monotonic() >= next_repeat:
-                repeat()
-                next_repeat = time.monotonic() + REPEAT_S
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"timed out waiting for workers ({kind})")
-            # A worker that answered may close its pipe (after "result"): wait on the rest.
-            waiting = [c for i, c in enumerate(self.pipes) if i not in got]
-            for conn in wait(waiting, timeout=min(left, 0.1)):
-                assert isinstance(conn, Connection)
-                try:
-                    msg = conn.recv()
-                except EOFError:
-                    raise BenchError("a worker process died") from None
-                if msg[0] == "error":
-                    raise BenchError(msg[2])
-                if msg[0] == "progress":
-                    self.progress[msg[1]] = (msg[2], msg[3])
-                elif msg[0] == kind:
-                    got[msg[1]] = msg
-            self.tick()
-        return [got[i] for i in sorted(got)]
-
-    def broadcast(self, *msg: Any) -> None:
-        for conn in self.pipes:
-            conn.send(msg)
+    # -- progress ------------------------------------------------------------------
 
     def tick(self) -> None:
         """Sample the server's memory peak; redraw the progress line."""
@@ -220,9 +171,10 @@ class Coordinator:
             s = sample(pid)
             if s is not None:
                 self.outcome.server_peak_rss_kib = max(self.outcome.server_peak_rss_kib, s.rss_kib)
-        if self.cfg.progress and self.progress:
-            pub = sum(p for p, _ in self.progress.values())
-            got = sum(d for _, d in self.progress.values())
+        progress = self.pool.progress
+        if self.cfg.progress and progress:
+            pub = sum(p for p, _ in progress.values())
+            got = sum(d for _, d in progress.values())
             el = (time.monotonic_ns() - self.outcome.go_ns) / 1e9 if self.outcome.go_ns else 0.0
             sys.stderr.write(
                 f"\r  {self.cfg.scenario}: {max(el, 0):5.1f} s  published {pub:>12,}"
@@ -230,19 +182,6 @@ class Coordinator:
             )
             sys.stderr.flush()
             self.progress_shown = True
-
-    def sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            # keep reading progress messages so no pipe fills up
-            for conn in wait(self.pipes, timeout=min(0.05, max(0.0, end - time.monotonic()))):
-                assert isinstance(conn, Connection)
-                msg = conn.recv()
-                if msg[0] == "error":
-                    raise BenchError(msg[2])
-                if msg[0] == "progress":
-                    self.progress[msg[1]] = (msg[2], msg[3])
-            self.tick()
 
     # -- the run ------------------------------------------------------------------
 
@@ -262,22 +201,29 @@ class Coordinator:
         out.generator_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         nonce = random.randrange(1, 1 << 60)
         plans = self.plans(nonce)
-        self.start_workers(plans)
+        self.pool.start(worker_main, plans)
         probe: socket.socket | None = None
         try:
             setup_deadline = time.monotonic() + cfg.setup_timeout + 5
-            ready = self.gather("ready", setup_deadline)
+            ready = self.pool.gather(
+                "ready", setup_deadline, "not every connection was established"
+            )
             out.connections = sum(int(m[2]) for m in ready) + 1
             probe = sync_probe = self.probe()
             sync = self.wire.publish([sync_line(nonce, cfg.line_size)])
             sync_probe.sendall(sync)
             # Repeated until all have it: a server may register a connection late
             # (receivers drop the extra copies).
-            self.gather("synced", setup_deadline, repeat=lambda: sync_probe.sendall(sync))
+            self.pool.gather(
+                "synced",
+                setup_deadline,
+                "not every receiver got the sync line",
+                repeat=lambda: sync_probe.sendall(sync),
+            )
             out.setup_s = time.monotonic() - t_setup
             if cfg.scenario == "idle":
                 out.server_connected = sample(pid) if pid else None
-                self.sleep(cfg.hold)
+                self.pool.sleep(cfg.hold)
                 out.server_held = sample(pid) if pid else None
             elif not self.wire.split_connections:
                 # The probe would receive every line from now on: it leaves.
@@ -286,10 +232,10 @@ class Coordinator:
             out.server_go = sample(pid) if pid else None
             out.go_ns = time.monotonic_ns() + GO_DELAY_NS
             end_ns = out.go_ns + int(cfg.duration * 1e9) if cfg.scenario != "idle" else out.go_ns
-            self.broadcast("go", out.go_ns, end_ns)
+            self.pool.broadcast("go", out.go_ns, end_ns)
             limit = time.monotonic() + cfg.duration + cfg.setup_timeout + 10
             published: dict[int, int] = {}
-            for msg in self.gather("published", limit):
+            for msg in self.pool.gather("published", limit, "not every publisher finished"):
                 published.update(msg[2])
                 out.last_tx_ns = max(out.last_tx_ns, int(msg[3]))
             if cfg.scenario == "idle":
@@ -301,8 +247,12 @@ class Coordinator:
                 out.last_tx_ns = stamp
                 published[0] = 1
             out.published = published
-            self.broadcast("expect", published, cfg.grace)
-            results = self.gather("result", time.monotonic() + cfg.grace + cfg.setup_timeout + 10)
+            self.pool.broadcast("expect", published, cfg.grace)
+            results = self.pool.gather(
+                "result",
+                time.monotonic() + cfg.grace + cfg.setup_timeout + 10,
+                "not every generator process reported its result",
+            )
             out.server_end = sample(pid) if pid else None
             out.pressure_end = cpu_pressure()
             out.results = [m[2] for m in results]
@@ -310,7 +260,7 @@ class Coordinator:
         finally:
             if probe is not None:
                 probe.close()
-            self.stop_workers()
+            self.pool.stop()
             if self.progress_shown:
                 sys.stderr.write("\r" + " " * 78 + "\r")
                 sys.stderr.flush()
@@ -318,20 +268,6 @@ class Coordinator:
         if out.server_end is not None:
             out.server_peak_rss_kib = max(out.server_peak_rss_kib, out.server_end.rss_kib)
         return out
-
-    def stop_workers(self) -> None:
-        for conn in self.pipes:
-            try:
-                conn.send(("abort",))
-            except OSError:
-                pass
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        for conn in self.pipes:
-            conn.close()
 
 
 def run_bench(cfg: Config) -> Outcome:

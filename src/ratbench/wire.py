@@ -10,7 +10,7 @@ A benchmark line is fixed-size and self-describing::
 
 Every field has a fixed width, so every line of a run has exactly `size`
 bytes.  That is what lets a receiver check a whole chunk with one `memcmp`
-against a reference stream (see `ratbench.worker`) instead of parsing each of
+against a reference stream (see `ratbench.receive`) instead of parsing each of
 millions of lines in Python.  The padding is `x` bytes so that two lines
 spliced together (a server interleaving senders' bytes) cannot parse.
 

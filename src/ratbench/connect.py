@@ -1,0 +1,294 @@
+"""Connecting a worker's share of clients, and the handshake that proves them registered.
+
+A `connect()` returns once the kernel finished the TCP handshake, possibly
+before the server called `accept()`, and the protocol has no history: a line
+relayed before the server registered a client never reaches it.  So no
+measured line is sent before every receiver proved it is registered:
+
+1. `Connector.connect_all` opens every connection of the plan, at most
+   `MAX_CONNECTING` in flight at once (so a listen backlog never overflows
+   into SYN retries), each non-blocking with TCP_NODELAY.
+2. Redis only: every subscriber sends SUBSCRIBE and waits for the
+   acknowledgement (phase SUBSCRIBED).
+3. The coordinator's probe sends a sync line (a nonce, never a valid data
+   line); `Connector.wait_handshake` reads until every receiver got it
+   (phase RUNNING).  Whatever follows the sync line is measured data.
+
+A server may refuse a connection (rat: `ERR server full` and a close) or
+close it right after accepting; that is reported as a refusal with the
+connection's number, not as the error a later read or write would give.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ratbench.check import LatencyHistogram
+from ratbench.errors import BenchError, refusal
+from ratbench.pipe import CoordinatorLink
+from ratbench.plan import WorkerPlan
+from ratbench.poller import Poller, now_us
+from ratbench.publish import Publisher
+from ratbench.receive import RUNNING, SUBSCRIBED, Receiver
+from ratbench.wire import RespReader, Wire, sync_line
+
+MAX_CONNECTING = 128  # connects in flight at once (stays under listen backlogs)
+
+
+class Connections:
+    """Every socket of one worker, by role and by file descriptor."""
+
+    def __init__(self) -> None:
+        self.receivers: list[Receiver] = []
+        self.publishers: list[Publisher] = []
+        self.by_fd: dict[int, tuple[Receiver | None, Publisher | None]] = {}
+        self.drains: set[int] = set()  # publish-only fds: input is read and dropped
+        self.sockets: list[socket.socket] = []
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def server_address(plan: WorkerPlan) -> tuple[int, tuple[object, ...]]:
+    """`(family, sockaddr)` to connect to: the coordinator's choice, or host:port as IPv4."""
+    if plan.address is not None:
+        family, sockaddr = plan.address
+        return family, tuple(sockaddr)
+    return socket.AF_INET, (plan.host, plan.port)
+
+
+def show_address(host: str, port: int) -> str:
+    """host:port, with brackets around an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Connector:
+    """Opens one worker's connections and runs the handshake (see the module notes)."""
+
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        wire: Wire,
+        poller: Poller,
+        link: CoordinatorLink,
+        conns: Connections,
+        *,
+        rbuf: memoryview,
+    ) -> None:
+        self.plan = plan
+        self.wire = wire
+        self.poller = poller
+        self.link = link
+        self.conns = conns
+        self.rview = rbuf
+        self.where = show_address(plan.host, plan.port)
+        self.number: dict[int, int] = {}  # fd -> connection number (1-based, this worker)
+        self.total = 0
+
+    def connect_all(self) -> None:
+        """Open every connection of the plan (the reference subscriber first)."""
+        plan = self.plan
+        wanted: list[tuple[int, str]] = []  # (pubid, role) role: "both", "pub", "sub", "ref"
+        # The reference is a silent subscriber: the first one of the plan if there
+        # is one (fanout), else a connection of its own (chat).
+        need_ref = plan.reference
+        for pubid, publishes, receives in plan.clients:
+            if need_ref and receives and not publishes:
+                wanted.insert(0, (pubid, "ref"))
+                need_ref = False
+            elif publishes and receives and self.wire.split_connections:
+                wanted += [(pubid, "pub"), (pubid, "sub")]
+            elif publishes and receives:
+                wanted.append((pubid, "both"))
+            elif publishes:
+                wanted.append((pubid, "pub"))
+            else:
+                wanted.append((pubid, "sub"))
+        if need_ref:
+            wanted.insert(0, (0, "ref"))
+        self.total = len(wanted)
+        family, sockaddr = server_address(plan)
+        deadline = time.monotonic() + plan.connect_timeout
+        connecting: dict[int, tuple[socket.socket, int, str]] = {}
+        todo = deque(wanted)
+        sampled = 0
+        while todo or connecting:
+            while todo and len(connecting) < MAX_CONNECTING:
+                pubid, role = todo.popleft()
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.conns.sockets.append(sock)
+                self.number[sock.fileno()] = len(self.conns.sockets)
+                err = sock.connect_ex(sockaddr)
+                if err not in (0, errno.EINPROGRESS):
+                    raise BenchError(self._cannot_connect(err))
+                connecting[sock.fileno()] = (sock, pubid, role)
+                self.poller.register(sock.fileno(), self.poller.OUT)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(
+                    f"timed out after {plan.connect_timeout:g} s (--setup-timeout) connecting:"
+                    f" {len(connecting) + len(todo)} of {len(wanted)} connections to"
+                    f" {self.where} not established"
+                )
+            for fd, _ in self.poller.poll(min(left, 0.5)):
+                if fd not in connecting:  # already connected (and has data): later
+                    continue
+                sock, pubid, role = connecting.pop(fd)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise BenchError(self._cannot_connect(err))
+                timed = plan.latency_receivers < 0 or sampled < plan.latency_receivers
+                self._add(sock, pubid, role, timed)
+                if role != "pub" and timed:
+                    sampled += 1
+
+    def _cannot_connect(self, err: int) -> str:
+        hint = " (is the server running on that port?)" if err == errno.ECONNREFUSED else ""
+        return f"cannot connect to {self.where}: {os.strerror(err)}{hint}"
+
+    def _add(self, sock: socket.socket, pubid: int, role: str, timed: bool) -> None:
+        conns = self.conns
+        fd = sock.fileno()
+        rx: Receiver | None = None
+        pub: Publisher | None = None
+        if role in ("ref", "both", "sub"):
+            rx = Receiver(sock, pubid, LatencyHistogram() if timed else None)
+            if self.wire.subscribe:
+                rx.resp = RespReader()
+                sock.sendall(self.wire.subscribe)  # a few bytes into an empty buffer
+            if role == "ref":
+                conns.receivers.insert(0, rx)
+            else:
+                conns.receivers.append(rx)
+        if role in ("both", "pub"):
+            pub = Publisher(sock, pubid, self.plan.line_size, self.plan.max_lines_per_publisher)
+            conns.publishers.append(pub)
+            if rx is None:
+                conns.drains.add(fd)
+        conns.by_fd[fd] = (rx, pub)
+        self.poller.modify(fd, self.poller.IN)
+
+    def _which(self, fd: int) -> str:
+        number = self.number.get(fd, 0)
+        return f"connection {number} of {self.total} of generator process {self.plan.index}"
+
+    def wait_handshake(
+        self, want: int, deadline: float, on_data: Callable[[Receiver, bytes, int], None]
+    ) -> None:
+        """Read until every receiver reached phase `want` (SUBSCRIBED or RUNNING).
+
+        Redis: a subscriber is SUBSCRIBED once its SUBSCRIBE is acknowledged,
+        which proves the server registered it.  Every receiver is RUNNING once
+        it got the probe's sync line: everything after that is measured and
+        goes to `on_data`.
+        """
+        receivers = self.conns.receivers
+        what = "the subscribe acknowledgement" if want == SUBSCRIBED else "the sync line"
+        sync = sync_line(self.plan.sync_nonce, self.plan.line_size)
+        while True:
+            behind = sum(1 for r in receivers if r.phase < want)
+            if not behind:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(
+                    f"timed out after {self.plan.connect_timeout:g} s (--setup-timeout) waiting"
+                    f" for {what} on {behind} of {len(receivers)} connections"
+                )
+            for fd, _ in self.poller.poll(min(left, 0.5)):
+                if fd == self.link.fileno():
+                    self.link.read()
+                    if self.link.aborted:
+                        raise BenchError("aborted by the coordinator")
+                    continue
+                rx, pub = self.conns.by_fd[fd]
+                sock = rx.sock if rx is not None else pub.sock if pub is not None else None
+                assert sock is not None
+                try:
+                    data = self.rview[: sock.recv_into(self.rview)].tobytes()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as err:
+                    raise BenchError(
+                        f"{self._which(fd)} failed before {what}:"
+                        f" {err.strerror or err} (the server reset it)"
+                    ) from None
+                fresh = rx is None or (rx.phase < RUNNING and not rx.slow_buf)
+                if not data or fresh:
+                    refused = refusal(data, self._which(fd))
+                    if refused is not None:
+                        raise BenchError(refused)
+                if rx is None:
+                    continue  # a publish-only connection: drop what it gets
+                if rx.phase == RUNNING:
+                    on_data(rx, data, now_us())
+                    continue
+                rx.slow_buf += data
+                rest = self._handshake(rx, sync)
+                if rest:
+                    on_data(rx, rest, now_us())
+
+    def _handshake(self, rx: Receiver, sync: bytes) -> bytes:
+        """Consume the subscribe ack and the sync frame; return the bytes after them."""
+        if rx.resp is None:  # the line protocol
+            nl = rx.slow_buf.find(b"\n")
+            if nl < 0:
+                if len(rx.slow_buf) > 4 * len(sync):
+                    raise BenchError(
+                        f"the server sent {len(rx.slow_buf)} bytes without a newline where"
+                        f" the sync line was expected: {bytes(rx.slow_buf[:80])!r}"
+                    )
+                return b""
+            line = bytes(rx.slow_buf[: nl + 1])
+            if line != sync:
+                raise BenchError(
+                    "the server sent a line before the sync line; is something else"
+                    f" publishing on it? (expected {sync[:24]!r}..., got {line[:80]!r})"
+                )
+            rx.phase = RUNNING
+            rest = bytes(rx.slow_buf[nl + 1 :])
+            rx.slow_buf = bytearray()
+            return rest
+        rx.resp.feed(bytes(rx.slow_buf))
+        rx.slow_buf = bytearray()
+        while True:
+            try:
+                item = rx.resp.next()
+            except ValueError as err:
+                raise BenchError(
+                    f"the server's reply is not Redis protocol (RESP): {err}; is it a Redis"
+                    " server? (--proto redis)"
+                ) from None
+            if item is RespReader.NEED_MORE:
+                return b""
+            if isinstance(item, Exception):
+                raise BenchError(f"the Redis server answered with an error: {item}")
+            if isinstance(item, list) and item and item[0] == b"subscribe":
+                rx.phase = max(rx.phase, SUBSCRIBED)
+                continue
+            if (
+                rx.phase == SUBSCRIBED
+                and isinstance(item, list)
+                and len(item) == 3
+                and item[0] == b"message"
+                and item[2] == sync[:-1]
+            ):
+                rx.phase = RUNNING
+                rest = rx.resp.pending
+                rx.resp = RespReader()  # for the slow path, should it be needed
+                return rest
+            raise BenchError(
+                "expected the subscribe acknowledgement, then the sync message; the server"
+                f" sent {item!r:.80}; is something else publishing on channel 'rat'?"
+            )
