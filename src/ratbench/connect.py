@@ -292,3 +292,72 @@ class Connector:
                 "expected the subscribe acknowledgement, then the sync message; the server"
                 f" sent {item!r:.80}; is something else publishing on channel 'rat'?"
             )
+
+
+class Probe:
+    """The coordinator's own connection: it sends the sync line (idle: and the broadcast).
+
+    `Probe.open` resolves the host (a name, IPv4 or IPv6) and connects to the
+    first address that answers; the workers then connect to that address.  A
+    server that refuses the probe, or closes it, is reported as such before
+    a later write could fail with a broken pipe.
+    """
+
+    def __init__(self, sock: socket.socket, where: str, address: tuple[int, object]) -> None:
+        self.sock = sock
+        self.where = where
+        self.address = address  # (family, sockaddr) that answered
+        self.fresh = True  # nothing received yet: a refusal would come first
+
+    @classmethod
+    def open(cls, host: str, port: int, timeout: float) -> Probe:
+        where = show_address(host, port)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise BenchError(f"cannot resolve the server's host {host!r}: {err.strerror}") from None
+        failures: list[str] = []
+        for family, type_, proto, _, sockaddr in infos:
+            sock = socket.socket(family, type_, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+            except OSError as err:
+                sock.close()
+                failures.append(f"{show_address(str(sockaddr[0]), port)}: {err.strerror or err}")
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)  # blocking: `check` reads with MSG_DONTWAIT
+            return cls(sock, where, (family, sockaddr))
+        hint = " (is the server running on that port?)" if "refused" in " ".join(failures) else ""
+        raise BenchError(f"cannot connect to {where}: {'; '.join(failures)}{hint}")
+
+    def check(self) -> None:
+        """BenchError if the server refused or closed the probe (reads without waiting)."""
+        while True:
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""  # reset: closed right after accepting
+            if not data or self.fresh:
+                refused = refusal(data, "the probe connection")
+                if refused is not None:
+                    raise BenchError(refused)
+            self.fresh = False  # anything else (Redis: PUBLISH replies) is not ours to check
+
+    def send(self, data: bytes) -> None:
+        """Send `data` whole; a failure says why (a refusal first, if that is what it was)."""
+        self.check()
+        try:
+            self.sock.sendall(data)
+        except OSError as err:
+            self.check()
+            raise BenchError(
+                f"the probe connection to {self.where} failed: {err.strerror or err}"
+                " (the server closed it)"
+            ) from None
+
+    def close(self) -> None:
+        self.sock.close()

@@ -30,6 +30,8 @@ class WorkerPlan:
     latency_receivers: int  # receivers whose every line is timed; -1 = all
     tick_ns: int
     connect_timeout: float
+    pattern: str = "ticks"  # with a rate: "even" (each line at its own time) or "ticks"
+    publishers_total: int = 1  # over all workers (`--pattern even` interleaves them)
     # socket.getaddrinfo's (family, sockaddr) of the server; empty: resolve host
     address: tuple[int, Any] | None = None
 
@@ -53,6 +55,7 @@ class WorkerResult:
     skipped: int = 0  # rate mode: lines not sent because the socket backed up
     slow_path_receivers: int = 0
     latency: dict[int, int] = field(default_factory=dict)
+    lateness: dict[int, int] = field(default_factory=dict)  # us sent after due: count
     latency_receivers: int = 0
     last_rx_ns: int = 0
     first_tx_ns: int = 0

@@ -8,10 +8,13 @@ starving the others.  `select.poll` stands in where there is no epoll.
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import select
 import time
 from typing import Any
+
+PR_SET_TIMERSLACK = 29  # linux/prctl.h
 
 
 class Poller:
@@ -43,9 +46,37 @@ class Poller:
         events: list[tuple[int, int]] = self._ep.poll(max(0.0, timeout), 4096)
         return events
 
+    def wait(self, timeout_ns: int) -> list[tuple[int, int]]:
+        """Events ready within `timeout_ns`, waking up to the microsecond.
+
+        `epoll_wait` counts in whole milliseconds (CPython rounds up), too
+        coarse for a line due every 10 us.  `select` on the epoll descriptor
+        itself (readable while events are pending) sleeps to the microsecond;
+        then a non-blocking poll collects the events.
+        """
+        if timeout_ns <= 0:
+            return self.poll(0)
+        if not self._epoll:
+            return self.poll(timeout_ns / 1e9)
+        ready, _, _ = select.select([self._ep.fileno()], [], [], timeout_ns / 1e9)
+        return self.poll(0) if ready else []
+
     def close(self) -> None:
         if self._epoll:
             self._ep.close()
+
+
+def precise_timers() -> None:
+    """Ask Linux to wake this process within 1 us of a timeout (PR_SET_TIMERSLACK).
+
+    The default slack of 50 us is more than the gap between two lines at
+    100,000 lines/s.  Elsewhere (or if it fails) nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def raise_nofile() -> int:

@@ -1,11 +1,23 @@
 """Publishing: when each publisher sends which lines.
 
-Two schedules decide what is due:
+Three schedules decide what is due:
 
-- `TickSchedule` (a target rate): every `--tick-ms` each publisher queues
-  the lines that became due since its last tick, stamped with the tick's
-  time, and sends them with one `send`.  Publishers are spread over the
-  tick (a phase each), but every publisher sends in bursts.
+- `EvenSchedule` (`--pattern even`, a target rate R over P publishers): line
+  k of the whole run (all workers together) is due at exactly go + k/R and
+  is sent by publisher k mod P, on its own, in one `send`, stamped with the
+  time it was sent.  Deadlines are absolute, computed from k, so being late
+  once does not shift the rest, and a late line is followed by the next at
+  its own time (catching up sends what is overdue at once).  A worker owns
+  the publishers whose index is its share; it sleeps with `Poller.wait`
+  (microsecond timeouts) until `SPIN_NS` before the next deadline and polls
+  without blocking from there, which keeps the receiving going while it
+  waits.  How late each line left is recorded (`lateness`, in us) and
+  reported, so a reader can see whether the schedule was kept.
+- `TickSchedule` (`--pattern ticks`): every `--tick-ms` each publisher
+  queues the lines that became due since its last tick, stamped with the
+  tick's time, and sends them with one `send`.  Publishers are spread over
+  the tick (a phase each), but every publisher sends in bursts; lateness is
+  recorded against the even deadlines, so it shows the burstiness.
 - `WindowSchedule` (fanout at the highest rate): a publisher may have
   `--window` lines in flight (sent, not yet seen by the worker's reference
   receiver); it tops the window up whenever a quarter of it is free.
@@ -20,15 +32,19 @@ worker's loop (`ratbench.worker`) sleeps in epoll until then.
 from __future__ import annotations
 
 import socket
+import time
+from collections import Counter
 from collections.abc import Callable
 
+from ratbench.check import LatencyHistogram
 from ratbench.plan import WorkerPlan, WorkerResult
 from ratbench.poller import Poller
-from ratbench.wire import LineEncoder, Wire
+from ratbench.wire import LineEncoder, LineWire, Wire
 
 SEND_CHUNK_LINES = 1024  # lines per batch a publisher builds at most
 MAX_OUTBUF = 4 * 1024 * 1024  # a rate publisher skips lines rather than queue more
 INFINITY = 1 << 62
+SPIN_NS = 100_000  # `--pattern even`: stop sleeping this long before a deadline
 
 
 class Publisher:
@@ -79,6 +95,9 @@ class Schedule:
         self.active = False
         self.go_ns = 0
         self.end_ns = 0
+        self.lateness = LatencyHistogram()  # us each line was sent after it was due
+
+    precise = False  # True: the loop must wake up at `service`'s time to the microsecond
 
     def start(self, go_ns: int, end_ns: int) -> None:
         """Publish from `go_ns` until `end_ns` (monotonic ns)."""
@@ -158,13 +177,126 @@ class TickSchedule(Schedule):
             due = min(int(elapsed * per_ns + pub.phase), pub.limit) - pub.scheduled
             if due <= 0:
                 continue
+            first = pub.scheduled
             pub.scheduled += due
             if len(pub.outbuf) > MAX_OUTBUF:
                 pub.skipped += due
                 continue
+            # Line s of this publisher was due when elapsed * per_ns + phase reached s + 1.
+            base = self.go_ns - pub.phase / per_ns
+            late = self.lateness.add_many
+            late(int(now - base - (s + 1) / per_ns) // 1000 for s in range(first, first + due))
             self.queue(pub, due, now)
         if all(p.scheduled >= p.limit or not p.alive for p in self.publishers):
             self.stop()
+
+
+class EvenSchedule(Schedule):
+    """Every line at its own, evenly spaced time (see the module notes)."""
+
+    precise = True
+
+    def start(self, go_ns: int, end_ns: int) -> None:
+        super().start(go_ns, end_ns)
+        # Publisher ids are 1 + the publisher's index over the whole run.
+        self.order = sorted(self.publishers, key=lambda p: p.pubid)
+        self.slots = [p.pubid - 1 for p in self.order]
+        self.total = self.plan.publishers_total
+        self.period = 1e9 / (self.plan.rate_per_publisher * self.total)
+        self.round = 0
+        self.i = 0
+        self.finished = 0
+        self.late: Counter[int] = Counter()  # us late -> lines (merged into `lateness`)
+        self.line_protocol = isinstance(self.wire, LineWire)
+        # Line `round * total + slot` of the run is due `period` ns after the one before.
+        self.next_due = self.go_ns + int(self.slots[0] * self.period) if self.slots else end_ns
+
+    def service(self, now: int) -> int:
+        if not self.order:
+            self.stop()
+            return INFINITY
+        end = self.end_ns
+        order = self.order
+        late = self.late
+        clock = time.monotonic_ns
+        line_protocol = self.line_protocol
+        while self.next_due <= now:
+            due = self.next_due
+            if due >= end:
+                self.stop()
+                return end
+            pub = order[self.i]
+            if pub.alive and pub.seq < pub.limit:
+                now = clock()
+                if line_protocol and not pub.outbuf:
+                    # The hot path, inlined: one line, one send.
+                    seq = pub.seq
+                    pub.seq = seq + 1
+                    pub.scheduled += 1
+                    data = pub.encoder.line(seq, now)
+                    try:
+                        sent = pub.sock.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        pub.alive = False
+                        self.result.publisher_errors += 1
+                        sent = len(data)
+                    if sent < len(data):
+                        self.backlog(pub, data[sent:])
+                else:
+                    self.send_one(pub, now)
+                late[(now - due) // 1000] += 1
+                self.result.last_tx_ns = now
+                if pub.seq >= pub.limit:
+                    self.finished += 1
+                    if self.finished >= len(order):
+                        self.stop()
+                        return end
+            self.i += 1
+            if self.i == len(order):
+                self.i = 0
+                self.round += 1
+            self.next_due = self.go_ns + int(
+                (self.round * self.total + self.slots[self.i]) * self.period
+            )
+        return self.next_due
+
+    def stop(self) -> None:
+        super().stop()
+        if self.late:  # into the histogram (which bounds its size) once, not per line
+            self.lateness.merge(self.late)
+            self.late.clear()
+
+    def backlog(self, pub: Publisher, rest: bytes) -> None:
+        """The socket took only part of a line: queue the rest, watch for writability."""
+        pub.outbuf += rest
+        self.poller.modify(pub.sock.fileno(), self.poller.IN | self.poller.OUT)
+
+    def send_one(self, pub: Publisher, now: int) -> None:
+        """Send one line now, or queue it behind what the socket did not take yet."""
+        pub.scheduled += 1
+        if pub.outbuf:
+            if len(pub.outbuf) > MAX_OUTBUF:
+                pub.skipped += 1
+                return
+            pub.outbuf += self.wire.publish_one(pub.encoder.line(pub.seq, now))
+            pub.seq += 1
+            self.result.last_tx_ns = now
+            return
+        data = self.wire.publish_one(pub.encoder.line(pub.seq, now))
+        pub.seq += 1
+        self.result.last_tx_ns = now
+        try:
+            sent = pub.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            pub.alive = False
+            self.result.publisher_errors += 1
+            return
+        if sent < len(data):
+            self.backlog(pub, data[sent:])
 
 
 class WindowSchedule(Schedule):
@@ -216,7 +348,9 @@ def make_schedule(
     *,
     seen: Callable[[int, int], int],
 ) -> Schedule:
-    """The schedule the plan asks for: a rate (ticks), or a window."""
+    """The schedule the plan asks for: a rate (even or in ticks), or a window."""
+    if plan.rate_per_publisher > 0 and plan.pattern == "even":
+        return EvenSchedule(plan, wire, poller, publishers, result)
     if plan.rate_per_publisher > 0:
         return TickSchedule(plan, wire, poller, publishers, result)
     return WindowSchedule(plan, wire, poller, publishers, result, seen=seen)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ratbench.check import LatencyHistogram
+from ratbench.connect import Probe, show_address
 from ratbench.errors import BenchError
 from ratbench.pipe import WorkerPool
 from ratbench.plan import WorkerPlan, WorkerResult
@@ -48,7 +48,7 @@ GO_DELAY_NS = 50_000_000  # "go" names a start this far ahead, so workers start 
 class Config:
     """One benchmark run, as given on the command line."""
 
-    scenario: str  # chat | fanout | idle
+    scenario: str  # chat | fanout | idle (connect: see ratbench.churn)
     host: str = "127.0.0.1"
     port: int = 8080
     proto: str = "line"
@@ -66,6 +66,7 @@ class Config:
     hold: float = 2.0  # idle
     max_lines: int = 0  # total cap on published lines; 0 = none
     latency_receivers: int = -2  # -2: automatic; -1: all
+    pattern: str = "even"  # with a rate: even | ticks
     tick_ms: float = 5.0
     setup_timeout: float = 30.0
     progress: bool = False
@@ -107,7 +108,7 @@ class Coordinator:
 
     # -- planning --------------------------------------------------------------
 
-    def plans(self, nonce: int) -> list[WorkerPlan]:
+    def plans(self, nonce: int, address: tuple[int, Any] | None = None) -> list[WorkerPlan]:
         cfg = self.cfg
         clients: list[tuple[int, bool, bool]]
         rate = 0.0
@@ -119,7 +120,8 @@ class Coordinator:
             clients += [(0, False, True)] * cfg.subscribers
             rate = cfg.rate / cfg.publishers if cfg.rate > 0 else 0.0
         else:
-            clients = [(0, False, True)] * cfg.connections
+            # The probe is one of the connections: it sends the final broadcast.
+            clients = [(0, False, True)] * (cfg.connections - 1)
         publishers = sum(1 for c in clients if c[1])
         workers = max(1, min(cfg.workers, len(clients)))
         shares: list[list[tuple[int, bool, bool]]] = [[] for _ in range(workers)]
@@ -154,6 +156,9 @@ class Coordinator:
                 latency_receivers=per_worker,
                 tick_ns=int(cfg.tick_ms * 1e6),
                 connect_timeout=cfg.setup_timeout,
+                pattern=cfg.pattern,
+                publishers_total=max(1, publishers),
+                address=address,
             )
             for i, share in enumerate(shares)
         ]
@@ -185,10 +190,20 @@ class Coordinator:
 
     # -- the run ------------------------------------------------------------------
 
-    def probe(self) -> socket.socket:
-        sock = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+    def planned_connections(self) -> str:
+        """How many connections this run opens, and which (for a refusal message)."""
+        cfg = self.cfg
+        pairs = 2 if self.wire.split_connections else 1
+        if cfg.scenario == "idle":
+            return f"{cfg.connections} connections, the probe included"
+        if cfg.scenario == "chat":
+            refs = max(1, min(cfg.workers, cfg.clients))
+            return (
+                f"{cfg.clients * pairs + refs + 1} connections: {cfg.clients} clients"
+                f"{' (2 each)' if pairs == 2 else ''}, {refs} reference subscriber(s)"
+                " and the probe"
+            )
+        return f"{cfg.publishers + cfg.subscribers + 1} connections, the probe included"
 
     def run(self) -> Outcome:
         cfg, out = self.cfg, self.outcome
@@ -200,25 +215,32 @@ class Coordinator:
         out.pressure_start = cpu_pressure()
         out.generator_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         nonce = random.randrange(1, 1 << 60)
-        plans = self.plans(nonce)
-        self.pool.start(worker_main, plans)
-        probe: socket.socket | None = None
+        # The probe connects first: it finds the address that answers (IPv4, IPv6,
+        # a name), and a server that is already full refuses it, not a worker.
+        sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout))
+        probe: Probe | None = sync_probe
         try:
+            plans = self.plans(nonce, sync_probe.address)
+            self.pool.start(worker_main, plans)
             setup_deadline = time.monotonic() + cfg.setup_timeout + 5
             ready = self.pool.gather(
-                "ready", setup_deadline, "not every connection was established"
+                "ready",
+                setup_deadline,
+                f"not every connection was established within {cfg.setup_timeout:g} s"
+                " (--setup-timeout)",
+                repeat=sync_probe.check,
             )
             out.connections = sum(int(m[2]) for m in ready) + 1
-            probe = sync_probe = self.probe()
             sync = self.wire.publish([sync_line(nonce, cfg.line_size)])
-            sync_probe.sendall(sync)
+            sync_probe.send(sync)
             # Repeated until all have it: a server may register a connection late
             # (receivers drop the extra copies).
             self.pool.gather(
                 "synced",
                 setup_deadline,
-                "not every receiver got the sync line",
-                repeat=lambda: sync_probe.sendall(sync),
+                f"not every receiver got the sync line within {cfg.setup_timeout:g} s"
+                " (--setup-timeout)",
+                repeat=lambda: sync_probe.send(sync),
             )
             out.setup_s = time.monotonic() - t_setup
             if cfg.scenario == "idle":
@@ -227,7 +249,7 @@ class Coordinator:
                 out.server_held = sample(pid) if pid else None
             elif not self.wire.split_connections:
                 # The probe would receive every line from now on: it leaves.
-                probe.close()
+                sync_probe.close()
                 probe = None
             out.server_go = sample(pid) if pid else None
             out.go_ns = time.monotonic_ns() + GO_DELAY_NS
@@ -243,7 +265,7 @@ class Coordinator:
                 while time.monotonic_ns() < out.go_ns:
                     time.sleep(0.001)
                 stamp = time.monotonic_ns()
-                probe.sendall(self.wire.publish([encode_line(0, 0, stamp, cfg.line_size)]))
+                probe.send(self.wire.publish([encode_line(0, 0, stamp, cfg.line_size)]))
                 out.last_tx_ns = stamp
                 published[0] = 1
             out.published = published
@@ -257,6 +279,10 @@ class Coordinator:
             out.pressure_end = cpu_pressure()
             out.results = [m[2] for m in results]
             out.last_rx_ns = max((r.last_rx_ns for r in out.results), default=0)
+        except BenchError as err:
+            if str(err).startswith(("server full", "server busy")) or "refused" in str(err):
+                raise BenchError(f"{err}; this run opens {self.planned_connections()}") from None
+            raise
         finally:
             if probe is not None:
                 probe.close()
@@ -303,6 +329,10 @@ def summarize(out: Outcome) -> dict[str, Any]:
     for r in res:
         hist.merge(r.latency)
     p50, p99, p999, pmax = hist.percentiles([0.5, 0.99, 0.999, 1.0])
+    late = LatencyHistogram()
+    for r in res:
+        late.merge(r.lateness)
+    late50, late99, late999, late_max = late.percentiles([0.5, 0.99, 0.999, 1.0])
     published = sum(out.published.values())
     tx_s = max(1e-9, (out.last_tx_ns - out.go_ns) / 1e9) if out.last_tx_ns else cfg.duration
     rx_s = max(1e-9, (out.last_rx_ns - out.go_ns) / 1e9) if out.last_rx_ns else 0.0
@@ -322,7 +352,7 @@ def summarize(out: Outcome) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "scenario": cfg.scenario,
         "proto": cfg.proto,
-        "server": f"{cfg.host}:{cfg.port}",
+        "server": show_address(cfg.host, cfg.port),
         "params": {
             "line_size": cfg.line_size,
             "duration_s": cfg.duration,
@@ -347,6 +377,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
         "delivered": total["delivered"],
         "expected": total["expected"],
         "delivered_per_s": round(total["delivered"] / rx_s, 1) if rx_s else 0.0,
+        # what delivering every line as fast as it was published would give
+        "expected_per_s": round(total["expected"] / tx_s, 1) if cfg.scenario != "idle" else None,
         "receive_window_s": round(rx_s, 4),
         "latency_us": {"p50": p50, "p99": p99, "p99.9": p999, "max": pmax},
         "latency_samples": hist.total,
@@ -372,10 +404,19 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "busiest_process_demand": round(worker_demand, 3),
         },
         "cpu_pressure_pct": {"start": out.pressure_start, "end": out.pressure_end},
+        "schedule": None,
         "server_metrics": None,
     }
     if cfg.scenario == "chat" and cfg.rate > 0:
         summary["target_rate"] = cfg.rate
+    if cfg.scenario != "idle" and cfg.rate > 0:
+        summary["schedule"] = {
+            "pattern": cfg.pattern,
+            "interval_us": round(1e6 / cfg.rate, 3),
+            "tick_ms": cfg.tick_ms if cfg.pattern == "ticks" else None,
+            "lines_timed": late.total,
+            "lateness_us": {"p50": late50, "p99": late99, "p99.9": late999, "max": late_max},
+        }
     if out.server_go and out.server_end:
         cpu_ns = out.server_end.cpu_ns - out.server_go.cpu_ns
         wait_ns = max(0, out.server_end.wait_ns - out.server_go.wait_ns)
@@ -384,6 +425,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "pid": cfg.server_pid,
             "cpu_s": round(cpu_ns / 1e9, 4),
             "cpu_busy": round(cpu_ns / 1e9 / wall_s, 3) if wall_s else None,
+            "user_s": round((out.server_end.user_ns - out.server_go.user_ns) / 1e9, 3),
+            "sys_s": round((out.server_end.sys_ns - out.server_go.sys_ns) / 1e9, 3),
             "wait_s": round(wait_ns / 1e9, 4),
             "demand": round((cpu_ns + wait_ns) / 1e9 / wall_s, 3) if wall_s else None,
             "ns_per_delivered": round(cpu_ns / total["delivered"], 1)
@@ -402,6 +445,9 @@ def summarize(out: Outcome) -> dict[str, Any]:
             server["rss_growth_kib_per_conn"] = round(
                 (out.server_held.rss_kib - base.rss_kib) / conns, 3
             )
+        if wall_s:
+            server["user_busy"] = round(server["user_s"] / wall_s, 3)
+            server["sys_busy"] = round(server["sys_s"] / wall_s, 3)
         summary["server_metrics"] = server
     summary["anomalies"] = sum(
         summary[k] for k in ("lost", "reordered", "duplicated", "malformed", "echoed")
@@ -431,20 +477,26 @@ def summarize(out: Outcome) -> dict[str, Any]:
         )
     if cfg.scenario == "chat" and published < 0.97 * cfg.rate * cfg.duration and not cfg.max_lines:
         verdict.append("publishers fell behind the target rate")
+    sched = summary["schedule"]
+    if sched and sched["pattern"] == "even" and late99 is not None:
+        slack_us = max(100.0, sched["interval_us"])
+        if late99 > slack_us:
+            verdict.append(
+                f"the even schedule was not kept: 1% of lines left more than {_us_text(late99)}"
+                f" late (one line every {sched['interval_us']:g} us)"
+            )
     if not verdict:
         verdict.append("neither side saturated")
     summary["verdict"] = verdict
     return summary
 
 
+def _us_text(micros: int) -> str:
+    return f"{micros / 1000:.1f} ms" if micros >= 1000 else f"{micros} us"
+
+
 def _ms(micros: int | None) -> str:
     return "-" if micros is None else f"{micros / 1000:.1f} ms"
-
-
-def progress_enabled(flag: bool | None) -> bool:
-    if flag is not None:
-        return flag
-    return sys.stderr.isatty()
 
 
 def run_and_summarize(cfg: Config, on_error: Callable[[str], None]) -> dict[str, Any] | None:
@@ -454,5 +506,5 @@ def run_and_summarize(cfg: Config, on_error: Callable[[str], None]) -> dict[str,
         on_error(str(err))
         return None
     except OSError as err:
-        on_error(f"cannot reach {cfg.host}:{cfg.port}: {err.strerror or err}")
+        on_error(f"cannot reach {show_address(cfg.host, cfg.port)}: {err.strerror or err}")
         return None

@@ -71,6 +71,10 @@ class LineEncoder:
         self._prefix = b"%05d " % pubid
         self._pad = padding(size) + b"\n"
 
+    def line(self, seq: int, send_ns: int) -> bytes:
+        """One line (`--pattern even` sends every line on its own)."""
+        return self._prefix + b"%010d %019d" % (seq, send_ns) + self._pad
+
     def lines(self, first_seq: int, count: int, send_ns: int) -> list[bytes]:
         """`count` lines with sequence numbers from `first_seq`, all stamped `send_ns`."""
         tail = b" %019d" % send_ns + self._pad
@@ -154,6 +158,10 @@ class Wire:
         """The bytes to send for these lines (each includes its newline)."""
         raise NotImplementedError
 
+    def publish_one(self, line: bytes) -> bytes:
+        """The bytes to send for one line."""
+        return self.publish([line])
+
     def payload_line(self, frame: bytes) -> bytes | None:
         """The benchmark line (with newline) inside one received frame, or None."""
         raise NotImplementedError
@@ -166,6 +174,9 @@ class LineWire(Wire):
 
     def publish(self, lines: list[bytes]) -> bytes:
         return b"".join(lines)
+
+    def publish_one(self, line: bytes) -> bytes:
+        return line
 
     def payload_line(self, frame: bytes) -> bytes | None:
         return frame

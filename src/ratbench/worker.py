@@ -42,9 +42,9 @@ from typing import Any
 from ratbench.connect import Connections, Connector
 from ratbench.pipe import CoordinatorLink, worker_entry
 from ratbench.plan import WorkerPlan, WorkerResult
-from ratbench.poller import Poller, now_us, raise_nofile
+from ratbench.poller import Poller, now_us, precise_timers, raise_nofile
 from ratbench.procstat import runqueue_wait_ns, self_cpu_ns
-from ratbench.publish import make_schedule
+from ratbench.publish import SPIN_NS, make_schedule
 from ratbench.receive import RUNNING, SUBSCRIBED, Checker
 from ratbench.wire import RedisWire, Wire, make_wire, sync_line
 
@@ -113,20 +113,29 @@ class Worker:
         poll = self.poller.poll
         on_data = self.checker.on_data
         out = self.poller.OUT
+        wait = self.poller.wait
         schedule = self.schedule
+        clock = time.monotonic_ns
         while not (done() or link.aborted):
-            now = time.monotonic_ns()
+            now = clock()
             if now >= deadline_ns:
                 return
-            timeout = min((deadline_ns - now) / 1e9, 0.05)
+            wake = min(deadline_ns, now + 50_000_000)
+            precise = False
             if schedule.active:
                 if now >= schedule.end_ns:
                     schedule.stop()
                 else:
-                    wake = min(schedule.service(now), schedule.end_ns)
+                    due = min(schedule.service(now), schedule.end_ns)
                     if schedule.active:
-                        timeout = min(timeout, max(0.0, (wake - now) / 1e9))
-            events = poll(timeout)
+                        wake = min(wake, due)
+                        precise = schedule.precise
+            if precise:
+                # Sleep to the microsecond, then poll without blocking until it is due.
+                left = wake - clock()
+                events = poll(0) if left <= SPIN_NS else wait(left - SPIN_NS)
+            else:
+                events = poll(max(0.0, (wake - now) / 1e9))
             t = now_us()
             received = False
             for fd, ev in events:
@@ -213,6 +222,7 @@ class Worker:
 def run_worker(plan: WorkerPlan, link: CoordinatorLink) -> None:
     """The phases of one worker (see the module notes)."""
     raise_nofile()
+    precise_timers()
     worker = Worker(plan, link)
     try:
         worker.connect()
@@ -234,6 +244,7 @@ def run_worker(plan: WorkerPlan, link: CoordinatorLink) -> None:
         worker.result.wait_ns = runqueue_wait_ns("self") - wait0
         worker.checker.finish(published)
         worker.result.skipped = worker.schedule.skipped()
+        worker.result.lateness = dict(worker.schedule.lateness.counts)
         link.send("result", worker.result)
     finally:
         worker.close()
