@@ -222,7 +222,7 @@ from client k mod N, one line per send; the report shows how late lines left
 --rates R1,R2,...: one run per rate (lowest first) and one table of server CPU
 (user/system), delivered rate, latency and loss per rate, saying where the
 server saturates (CPU >= 95% of one core; needs --server-pid) and where it stops
-keeping up (lines lost, delivered rate below 97% of what was published, or p99
+keeping up (lines lost, delivered rate below 90% of what was published, or p99
 above both 50 ms and 20x the p99 of the lowest rate)."""
 
 FANOUT_NOTES = """\

@@ -9,7 +9,8 @@ lines left.  Two rates are named:
 - the server *saturates* at the first rate where its CPU reaches
   `SATURATED` (95 %) of one core (known only with `--server-pid`);
 - it *stops keeping up* at the first rate where lines were lost, or the
-  delivered rate fell below `KEEP_UP` (97 %) of what was published, or p99
+  delivered rate fell below `KEEP_UP` (90 %) of what was published (over
+  the receive window, so a backlog drained during the grace period counts), or p99
   latency exploded: above both `P99_FLOOR_US` (50 ms) and `P99_GROWTH` (20)
   times the p99 at the lowest rate.
 
@@ -28,7 +29,7 @@ from typing import Any
 from ratbench.runner import Config, run_and_summarize
 
 SATURATED = 0.95
-KEEP_UP = 0.97
+KEEP_UP = 0.9
 P99_FLOOR_US = 50_000
 P99_GROWTH = 20
 
