@@ -96,6 +96,7 @@ class Schedule:
         self.go_ns = 0
         self.end_ns = 0
         self.lateness = LatencyHistogram()  # us each line was sent after it was due
+        self.unwatched: set[int] = set()  # fds read on a timer, not watched for input
 
     precise = False  # True: the loop must wake up at `service`'s time to the microsecond
 
@@ -142,9 +143,13 @@ class Schedule:
             self.result.publisher_errors += 1
             return
         del pub.outbuf[:sent]
+        self.watch(pub)
+
+    def watch(self, pub: Publisher) -> None:
+        """Watch `pub` for input (unless it is read on a timer) and, while backlogged, output."""
         fd = pub.sock.fileno()
-        want = self.poller.IN | (self.poller.OUT if pub.outbuf else 0)
-        self.poller.modify(fd, want)
+        want = 0 if fd in self.unwatched else self.poller.IN
+        self.poller.modify(fd, want | (self.poller.OUT if pub.outbuf else 0))
 
 
 class TickSchedule(Schedule):
@@ -271,7 +276,7 @@ class EvenSchedule(Schedule):
     def backlog(self, pub: Publisher, rest: bytes) -> None:
         """The socket took only part of a line: queue the rest, watch for writability."""
         pub.outbuf += rest
-        self.poller.modify(pub.sock.fileno(), self.poller.IN | self.poller.OUT)
+        self.watch(pub)
 
     def send_one(self, pub: Publisher, now: int) -> None:
         """Send one line now, or queue it behind what the socket did not take yet."""

@@ -134,7 +134,9 @@ class Coordinator:
         if lat == -2:  # automatic: keep timed deliveries near 500k/s at most
             receivers = sum(1 for c in clients if c[2]) + (1 if cfg.scenario == "chat" else 0)
             if cfg.scenario == "chat":
-                lat = -1 if cfg.rate * receivers <= 500_000 else max(8, int(500_000 / cfg.rate))
+                # even: each timed line is a wake-up of its own, so fewer of them
+                budget = 50_000 if cfg.pattern == "even" else 500_000
+                lat = -1 if cfg.rate * receivers <= budget else max(8, int(budget / cfg.rate))
             elif cfg.scenario == "fanout":
                 lat = 8
             else:
