@@ -757,61 +757,11 @@ def write_report(
         if sc.kind == "sweep":
             lines += sweep_tables(sc, rows, names)
         elif sc.kind == "idle":
-            lines += [
-                "| server | RSS growth per connection | broadcast p50 | broadcast p99 | max |"
-                " anomalies | runs |",
-                "|---|---:|---:|---:|---:|---:|---:|",
-            ]
-            for n in names:
-                r = rows.get(n)
-                if not r or not r.get("runs"):
-                    lines.append(f"| {n} | failed | | | | | 0 |")
-                    continue
-                growth = r["rss_growth_kib"]
-                lines.append(
-                    f"| {n} | {'-' if growth is None else f'{growth:.2f} KiB'} |"
-                    f" {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | {fmt_us(r['max_us'])} |"
-                    f" {r['anomalies']} | {r['runs']} |"
-                )
+            lines += server_table(names, rows, IDLE_COLUMNS, idle_cells)
         elif sc.kind == "connect":
-            lines += [
-                "| server | accepted connections/s | failed connects | newcomers (failed) |"
-                " first line p50 | first line p99 | connect p99 | server CPU | user / sys s |"
-                " runs |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            for n in names:
-                r = rows.get(n)
-                if not r or not r.get("runs"):
-                    lines.append(f"| {n} | failed | | | | | | | | 0 |")
-                    continue
-                cpu = "-" if r["server_cpu"] is None else f"{r['server_cpu']:.0%}"
-                lines.append(
-                    f"| {n} | {fmt_num(r['accepted_per_s'])} | {r['churn_failed']} |"
-                    f" {fmt_num(r['newcomers'])} ({r['newcomers_failed']}) |"
-                    f" {fmt_us(r['first_p50_us'])} | {fmt_us(r['first_p99_us'])} |"
-                    f" {fmt_us(r['connect_p99_us'])} | {cpu} |"
-                    f" {fmt_num(r['server_user_s'], 2)} / {fmt_num(r['server_sys_s'], 2)} |"
-                    f" {r['runs']} |"
-                )
+            lines += server_table(names, rows, CONNECT_COLUMNS, connect_cells)
         else:
-            lines += [
-                "| server | delivered lines/s | server CPU (user / sys) | ns per delivered line"
-                " | p50 | p99 | p99.9 | anomalies | generator busy | runs |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            for n in names:
-                r = rows.get(n)
-                if not r or not r.get("runs"):
-                    lines.append(f"| {n} | failed | | | | | | | | 0 |")
-                    continue
-                gb = f" ({r['generator_bound']} gen-bound)" if r["generator_bound"] else ""
-                lines.append(
-                    f"| {n} | {fmt_num(r['delivered_per_s'])} | {fmt_cpu(r)} |"
-                    f" {fmt_num(r['ns_per_delivered'])} |"
-                    f" {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | {fmt_us(r['p999_us'])} |"
-                    f" {r['anomalies']} | {r['generator_busy']:.0%}{gb} | {r['runs']} |"
-                )
+            lines += server_table(names, rows, FANOUT_COLUMNS, fanout_cells)
         lines += ["", "```sh", reproduce(sc), "```"]
         errors = [f"{n}: {e}" for n in names for e in (rows.get(n) or {}).get("errors", [])]
         if errors:
@@ -836,6 +786,73 @@ def write_report(
         "",
     ]
     return "\n".join(lines)
+
+
+IDLE_COLUMNS = ["RSS growth per connection", "broadcast p50", "broadcast p99", "max"]
+CONNECT_COLUMNS = [
+    "accepted connections/s", "failed connects", "newcomers (failed)", "first line p50",
+    "first line p99", "connect p99", "server CPU", "user / sys s",
+]  # fmt: skip
+FANOUT_COLUMNS = [
+    "delivered lines/s", "server CPU (user / sys)", "ns per delivered line", "p50", "p99",
+    "p99.9", "generator busy",
+]  # fmt: skip
+
+
+def server_table(
+    names: list[str],
+    rows: dict[str, Any],
+    columns: list[str],
+    cells: Callable[[dict[str, Any]], list[str]],
+) -> list[str]:
+    """A markdown table: one row per server, the given columns, then anomalies and runs."""
+    columns = [*columns, "anomalies", "runs"]
+    lines = ["| server | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for n in names:
+        r = rows.get(n)
+        if not r or not r.get("runs"):
+            lines.append(f"| {n} | failed |" + " |" * (len(columns) - 2) + " 0 |")
+            continue
+        lines.append(
+            f"| {n} | " + " | ".join([*cells(r), str(r["anomalies"]), str(r["runs"])]) + " |"
+        )
+    return lines
+
+
+def idle_cells(r: dict[str, Any]) -> list[str]:
+    growth = r["rss_growth_kib"]
+    return [
+        "-" if growth is None else f"{growth:.2f} KiB",
+        fmt_us(r["p50_us"]),
+        fmt_us(r["p99_us"]),
+        fmt_us(r["max_us"]),
+    ]
+
+
+def connect_cells(r: dict[str, Any]) -> list[str]:
+    return [
+        fmt_num(r["accepted_per_s"]),
+        str(r["churn_failed"]),
+        f"{fmt_num(r['newcomers'])} ({r['newcomers_failed']})",
+        fmt_us(r["first_p50_us"]),
+        fmt_us(r["first_p99_us"]),
+        fmt_us(r["connect_p99_us"]),
+        "-" if r["server_cpu"] is None else f"{r['server_cpu']:.0%}",
+        f"{fmt_num(r['server_user_s'], 2)} / {fmt_num(r['server_sys_s'], 2)}",
+    ]
+
+
+def fanout_cells(r: dict[str, Any]) -> list[str]:
+    gb = f" ({r['generator_bound']} gen-bound)" if r["generator_bound"] else ""
+    return [
+        fmt_num(r["delivered_per_s"]),
+        fmt_cpu(r),
+        fmt_num(r["ns_per_delivered"]),
+        fmt_us(r["p50_us"]),
+        fmt_us(r["p99_us"]),
+        fmt_us(r["p999_us"]),
+        f"{r['generator_busy']:.0%}{gb}",
+    ]
 
 
 def sweep_tables(sc: Scenario, rows: dict[str, Any], names: list[str]) -> list[str]:

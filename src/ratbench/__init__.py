@@ -354,27 +354,20 @@ def progress_enabled(flag: bool | None) -> bool:
 def config_from_args(args: argparse.Namespace) -> Any:
     """The run's `Config` (`ChurnConfig` for the connect scenario)."""
     from ratbench.churn import churn_config  # noqa: PLC0415
+    from ratbench.plan import Target  # noqa: PLC0415
     from ratbench.runner import Config  # noqa: PLC0415
 
     if args.scenario == "connect":
         return churn_config(args, progress_enabled(getattr(args, "progress", None)))
     lat = getattr(args, "latency_receivers", "auto")
     cfg = Config(
+        **Target.options(args, progress_enabled(getattr(args, "progress", None))),
         scenario=args.scenario,
-        host=args.host,
-        port=args.port,
-        proto=args.proto,
-        server_pid=args.server_pid,
-        duration=args.duration,
         grace=args.grace,
-        line_size=args.line_size,
-        workers=args.workers,
         max_lines=getattr(args, "max_lines", 0),
         latency_receivers=-2 if lat == "auto" else -1 if lat == "all" else int(lat),
         pattern=getattr(args, "pattern", "even"),
         tick_ms=getattr(args, "tick_ms", 5.0),
-        setup_timeout=args.setup_timeout,
-        progress=progress_enabled(getattr(args, "progress", None)),
     )
     if args.scenario == "chat":
         cfg.clients, cfg.rate = args.clients, args.rate

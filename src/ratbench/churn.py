@@ -51,6 +51,7 @@ from ratbench.check import LatencyHistogram
 from ratbench.connect import Probe, show_address
 from ratbench.errors import BenchError, refusal
 from ratbench.pipe import CoordinatorLink, WorkerPool, worker_entry
+from ratbench.plan import Target
 from ratbench.poller import Poller, precise_timers, raise_nofile
 from ratbench.procstat import Sample, sample, self_cpu_ns
 from ratbench.wire import RespReader, encode_line, make_wire, parse_line
@@ -124,44 +125,27 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class ChurnConfig:
+class ChurnConfig(Target):
     """One connect-scenario run, as given on the command line."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    proto: str = "line"
-    server_pid: int | None = None
-    duration: float = 3.0
-    line_size: int = 64
-    workers: int = 1
     in_flight: int = 32
     close: str = "reset"
     max_connects: int = 200_000
     newcomer_every_ms: float = 10.0
     beacon_ms: float = 1.0
     newcomer_timeout: float = 2.0
-    setup_timeout: float = 30.0
-    progress: bool = False
     scenario: str = "connect"
 
 
 def churn_config(args: argparse.Namespace, progress: bool) -> ChurnConfig:
     return ChurnConfig(
-        host=args.host,
-        port=args.port,
-        proto=args.proto,
-        server_pid=args.server_pid,
-        duration=args.duration,
-        line_size=args.line_size,
-        workers=args.workers,
+        **Target.options(args, progress),
         in_flight=args.in_flight,
         close=args.close,
         max_connects=args.max_connects,
         newcomer_every_ms=args.newcomer_every,
         beacon_ms=args.beacon_ms,
         newcomer_timeout=args.newcomer_timeout,
-        setup_timeout=args.setup_timeout,
-        progress=progress,
     )
 
 

@@ -1,4 +1,4 @@
-"""What a worker is told to do and what it reports: plain data that crosses the pipe.
+"""What a run is asked to do, what a worker is told and what it reports: plain data.
 
 The coordinator (`ratbench.runner`) builds one `WorkerPlan` per worker
 process; the worker (`ratbench.worker`) sends back one `WorkerResult`.  Both
@@ -7,8 +7,34 @@ are pickled by `multiprocessing`, so they hold only plain values.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass
+class Target:
+    """What every scenario's configuration has: the server, and the run's bounds."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    proto: str = "line"
+    server_pid: int | None = None
+    duration: float = 3.0
+    line_size: int = 64
+    workers: int = 1
+    setup_timeout: float = 30.0
+    progress: bool = False
+
+    @staticmethod
+    def options(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+        """The `Target` fields from parsed `rat bench` arguments."""
+        names = ("host", "port", "proto", "server_pid", "duration", "line_size", "workers")
+        return {
+            **{n: getattr(args, n) for n in names},
+            "setup_timeout": args.setup_timeout,
+            "progress": progress,
+        }
 
 
 @dataclass

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from ratbench.check import LatencyHistogram
 from ratbench.plan import WorkerPlan, WorkerResult
 from ratbench.poller import Poller
-from ratbench.wire import LineEncoder, LineWire, Wire
+from ratbench.wire import LineEncoder, Wire
 
 SEND_CHUNK_LINES = 1024  # lines per batch a publisher builds at most
 MAX_OUTBUF = 4 * 1024 * 1024  # a rate publisher skips lines rather than queue more
@@ -86,8 +86,12 @@ class Schedule:
         poller: Poller,
         publishers: list[Publisher],
         result: WorkerResult,
+        *,
+        seen: Callable[[int, int], int] | None = None,
     ) -> None:
         self.plan = plan
+        # (pubid, fallback) -> lines of pubid the reference got in order (window mode)
+        self.seen = seen or (lambda pubid, fallback: fallback)
         self.wire = wire
         self.poller = poller
         self.publishers = publishers
@@ -134,16 +138,21 @@ class Schedule:
         """Send queued bytes; watch for writability only while some are left."""
         if not pub.alive:
             return
+        sent = self.send(pub, pub.outbuf)
+        if pub.alive:
+            del pub.outbuf[:sent]
+            self.watch(pub)
+
+    def send(self, pub: Publisher, data: bytes | bytearray) -> int:
+        """One `send`: the bytes taken (0 when the socket is full; a failure kills `pub`)."""
         try:
-            sent = pub.sock.send(pub.outbuf)
+            return pub.sock.send(data)
         except (BlockingIOError, InterruptedError):
-            sent = 0
+            return 0
         except OSError:
             pub.alive = False
             self.result.publisher_errors += 1
-            return
-        del pub.outbuf[:sent]
-        self.watch(pub)
+            return 0
 
     def watch(self, pub: Publisher) -> None:
         """Watch `pub` for input (unless it is read on a timer) and, while backlogged, output."""
@@ -212,7 +221,6 @@ class EvenSchedule(Schedule):
         self.i = 0
         self.finished = 0
         self.late: Counter[int] = Counter()  # us late -> lines (merged into `lateness`)
-        self.line_protocol = isinstance(self.wire, LineWire)
         # Line `round * total + slot` of the run is due `period` ns after the one before.
         self.next_due = self.go_ns + int(self.slots[0] * self.period) if self.slots else end_ns
 
@@ -224,7 +232,6 @@ class EvenSchedule(Schedule):
         order = self.order
         late = self.late
         clock = time.monotonic_ns
-        line_protocol = self.line_protocol
         while self.next_due <= now:
             due = self.next_due
             if due >= end:
@@ -233,24 +240,7 @@ class EvenSchedule(Schedule):
             pub = order[self.i]
             if pub.alive and pub.seq < pub.limit:
                 now = clock()
-                if line_protocol and not pub.outbuf:
-                    # The hot path, inlined: one line, one send.
-                    seq = pub.seq
-                    pub.seq = seq + 1
-                    pub.scheduled += 1
-                    data = pub.encoder.line(seq, now)
-                    try:
-                        sent = pub.sock.send(data)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError:
-                        pub.alive = False
-                        self.result.publisher_errors += 1
-                        sent = len(data)
-                    if sent < len(data):
-                        self.backlog(pub, data[sent:])
-                else:
-                    self.send_one(pub, now)
+                self.send_one(pub, now)
                 late[(now - due) // 1000] += 1
                 self.result.last_tx_ns = now
                 if pub.seq >= pub.limit:
@@ -291,34 +281,13 @@ class EvenSchedule(Schedule):
             return
         data = self.wire.publish_one(pub.encoder.line(pub.seq, now))
         pub.seq += 1
-        self.result.last_tx_ns = now
-        try:
-            sent = pub.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            pub.alive = False
-            self.result.publisher_errors += 1
-            return
-        if sent < len(data):
+        sent = self.send(pub, data)
+        if pub.alive and sent < len(data):
             self.backlog(pub, data[sent:])
 
 
 class WindowSchedule(Schedule):
     """As fast as a bounded in-flight window allows (see the module notes)."""
-
-    def __init__(
-        self,
-        plan: WorkerPlan,
-        wire: Wire,
-        poller: Poller,
-        publishers: list[Publisher],
-        result: WorkerResult,
-        *,
-        seen: Callable[[int, int], int],
-    ) -> None:
-        super().__init__(plan, wire, poller, publishers, result)
-        self.seen = seen  # (pubid, fallback) -> lines of pubid the reference got in order
 
     def service(self, now: int) -> int:
         if self._publish_window(now):
@@ -354,8 +323,7 @@ def make_schedule(
     seen: Callable[[int, int], int],
 ) -> Schedule:
     """The schedule the plan asks for: a rate (even or in ticks), or a window."""
-    if plan.rate_per_publisher > 0 and plan.pattern == "even":
-        return EvenSchedule(plan, wire, poller, publishers, result)
+    kind: type[Schedule] = WindowSchedule
     if plan.rate_per_publisher > 0:
-        return TickSchedule(plan, wire, poller, publishers, result)
-    return WindowSchedule(plan, wire, poller, publishers, result, seen=seen)
+        kind = EvenSchedule if plan.pattern == "even" else TickSchedule
+    return kind(plan, wire, poller, publishers, result, seen=seen)

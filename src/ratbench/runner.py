@@ -35,7 +35,7 @@ from ratbench.check import LatencyHistogram
 from ratbench.connect import Probe, show_address
 from ratbench.errors import BenchError
 from ratbench.pipe import WorkerPool
-from ratbench.plan import WorkerPlan, WorkerResult
+from ratbench.plan import Target, WorkerPlan, WorkerResult
 from ratbench.poller import raise_nofile
 from ratbench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
 from ratbench.wire import encode_line, make_wire, sync_line
@@ -45,18 +45,11 @@ GO_DELAY_NS = 50_000_000  # "go" names a start this far ahead, so workers start 
 
 
 @dataclass
-class Config:
+class Config(Target):
     """One benchmark run, as given on the command line."""
 
-    scenario: str  # chat | fanout | idle (connect: see ratbench.churn)
-    host: str = "127.0.0.1"
-    port: int = 8080
-    proto: str = "line"
-    server_pid: int | None = None
-    duration: float = 3.0
+    scenario: str = "chat"  # chat | fanout | idle (connect: see ratbench.churn)
     grace: float = 3.0
-    line_size: int = 64
-    workers: int = 1
     clients: int = 10  # chat
     rate: float = 1000.0  # chat: total lines/s; fanout: 0 = max
     publishers: int = 1  # fanout
@@ -68,8 +61,6 @@ class Config:
     latency_receivers: int = -2  # -2: automatic; -1: all
     pattern: str = "even"  # with a rate: even | ticks
     tick_ms: float = 5.0
-    setup_timeout: float = 30.0
-    progress: bool = False
 
 
 @dataclass
