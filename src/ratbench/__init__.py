@@ -112,7 +112,8 @@ def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) ->
         "--proto",
         choices=protos,
         default="line",
-        help="line: the rat protocol; redis: Redis pub/sub on channel 'rat'",
+        help="line: the rat protocol; redis: Redis pub/sub on channel 'rat'"
+        + ("; ws: WebSocket text messages on path /ws, one line each" if "ws" in protos else ""),
     )
     where.add_argument(
         "--server-pid",
@@ -284,7 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="R1,R2,...",
         help="a sweep: one run per rate, one table (default: none, a single --rate run)",
     )
-    _server_options(chat, ("line", "redis"))
+    _server_options(chat, ("line", "redis", "ws"))
     _load_options(_run_options(chat), "even")
     _output_options(chat)
 
@@ -312,7 +313,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LINES_PER_S",
         help="total publish rate (0: as fast as the window allows)",
     )
-    _server_options(fanout, ("line", "redis"))
+    _server_options(fanout, ("line", "redis", "ws"))
     _load_options(_run_options(fanout), "even")
     _output_options(fanout)
 
@@ -330,7 +331,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--hold", type=_seconds, default=2.0, metavar="SECONDS", help="how long to hold them"
     )
-    _server_options(idle, ("line", "redis"))
+    _server_options(idle, ("line", "redis", "ws"))
     _run_options(idle)
     _output_options(idle)
 

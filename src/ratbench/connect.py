@@ -8,8 +8,9 @@ measured line is sent before every receiver proved it is registered:
 1. `Connector.connect_all` opens every connection of the plan, at most
    `MAX_CONNECTING` in flight at once (so a listen backlog never overflows
    into SYN retries), each non-blocking with TCP_NODELAY.
-2. Redis only: every subscriber sends SUBSCRIBE and waits for the
-   acknowledgement (phase SUBSCRIBED).
+2. Redis: every subscriber sends SUBSCRIBE and waits for the
+   acknowledgement (phase SUBSCRIBED).  WebSocket: every connection sends
+   its upgrade request and waits for the `101` (phase SUBSCRIBED).
 3. The coordinator's probe sends a sync line (a nonce, never a valid data
    line); `Connector.wait_handshake` reads until every receiver got it
    (phase RUNNING).  Whatever follows the sync line is measured data.
@@ -28,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ratbench import ws
 from ratbench.check import LatencyHistogram
 from ratbench.errors import BenchError, refusal
 from ratbench.pipe import CoordinatorLink
@@ -93,6 +95,7 @@ class Connector:
         self.where = show_address(plan.host, plan.port)
         self.number: dict[int, int] = {}  # fd -> connection number (1-based, this worker)
         self.total = 0
+        self.upgrading: dict[int, tuple[bytes, bytearray]] = {}  # WebSocket: fd -> key, reply
 
     def connect_all(self) -> None:
         """Open every connection of the plan (the reference subscriber first)."""
@@ -176,6 +179,10 @@ class Connector:
             conns.publishers.append(pub)
             if rx is None:
                 conns.drains.add(fd)
+        if self.wire.upgrade:
+            key = ws.new_key()
+            self.upgrading[fd] = (key, bytearray())
+            sock.sendall(ws.upgrade_request(self.where, key))
         conns.by_fd[fd] = (rx, pub)
         self.poller.modify(fd, self.poller.IN)
 
@@ -196,9 +203,11 @@ class Connector:
         receivers = self.conns.receivers
         what = "the subscribe acknowledgement" if want == SUBSCRIBED else "the sync line"
         sync = sync_line(self.plan.sync_nonce, self.plan.line_size)
+        if self.wire.upgrade and want == SUBSCRIBED:
+            what = "the WebSocket upgrade"
         while True:
             behind = sum(1 for r in receivers if r.phase < want)
-            if not behind:
+            if not behind and not (want == SUBSCRIBED and self.upgrading):
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -229,6 +238,12 @@ class Connector:
                     refused = refusal(data, self._which(fd))
                     if refused is not None:
                         raise BenchError(refused)
+                if fd in self.upgrading:
+                    data = self._upgraded(fd, data)
+                    if fd in self.upgrading:
+                        continue
+                    if rx is not None:
+                        rx.phase = SUBSCRIBED
                 if rx is None:
                     continue  # a publish-only connection: drop what it gets
                 if rx.phase == RUNNING:
@@ -239,8 +254,37 @@ class Connector:
                 if rest:
                     on_data(rx, rest, now_us())
 
+    def _upgraded(self, fd: int, data: bytes) -> bytes:
+        """WebSocket: collect the upgrade reply; once complete and right, the bytes after it."""
+        key, reply = self.upgrading[fd]
+        reply += data
+        end = reply.find(b"\r\n\r\n")
+        if end < 0:
+            if len(reply) > 16384:
+                raise BenchError(f"{self._which(fd)}: no end to the server's upgrade reply")
+            return b""
+        why = ws.check_upgrade(bytes(reply[:end]), key)
+        if why is not None:
+            raise BenchError(f"{self._which(fd)}: {why}; is --port a WebSocket port (path /ws)?")
+        del self.upgrading[fd]
+        return bytes(reply[end + 4 :])
+
     def _handshake(self, rx: Receiver, sync: bytes) -> bytes:
         """Consume the subscribe ack and the sync frame; return the bytes after them."""
+        if self.wire.upgrade:  # WebSocket: the sync message, as a fixed-size frame
+            frame = self.wire.received(sync)
+            got = bytes(rx.slow_buf[: len(frame)])
+            if not frame.startswith(got):
+                raise BenchError(
+                    "the server sent a message before the sync message; is something else"
+                    f" publishing on it? (expected {frame[:26]!r}..., got {got[:80]!r})"
+                )
+            if len(got) < len(frame):
+                return b""
+            rx.phase = RUNNING
+            rest = bytes(rx.slow_buf[len(frame) :])
+            rx.slow_buf = bytearray()
+            return rest
         if rx.resp is None:  # the line protocol
             nl = rx.slow_buf.find(b"\n")
             if nl < 0:
@@ -310,7 +354,8 @@ class Probe:
         self.fresh = True  # nothing received yet: a refusal would come first
 
     @classmethod
-    def open(cls, host: str, port: int, timeout: float) -> Probe:
+    def open(cls, host: str, port: int, timeout: float, wire: Wire | None = None) -> Probe:
+        """Connect to the first address of `host` that answers (WebSocket: and upgrade)."""
         where = show_address(host, port)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -327,10 +372,36 @@ class Probe:
                 failures.append(f"{show_address(str(sockaddr[0]), port)}: {err.strerror or err}")
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            probe = cls(sock, where, (family, sockaddr))
+            if wire is not None and wire.upgrade:
+                probe.upgrade()
             sock.settimeout(None)  # blocking: `check` reads with MSG_DONTWAIT
-            return cls(sock, where, (family, sockaddr))
+            return probe
         hint = " (is the server running on that port?)" if "refused" in " ".join(failures) else ""
         raise BenchError(f"cannot connect to {where}: {'; '.join(failures)}{hint}")
+
+    def upgrade(self) -> None:
+        """The WebSocket opening handshake, blocking (the socket has a timeout)."""
+        key = ws.new_key()
+        reply = b""
+        try:
+            self.sock.sendall(ws.upgrade_request(self.where, key))
+            while b"\r\n\r\n" not in reply:
+                data = self.sock.recv(4096)
+                refused = refusal(data, "the probe connection") if not reply else None
+                if refused is not None:
+                    raise BenchError(refused)
+                reply += data
+        except OSError as err:
+            self.sock.close()
+            raise BenchError(
+                f"the probe's WebSocket upgrade at {self.where} failed: {err.strerror or err}"
+            ) from None
+        why = ws.check_upgrade(reply.split(b"\r\n\r\n", 1)[0], key)
+        if why is not None:
+            self.sock.close()
+            raise BenchError(f"the probe connection: {why}; is --port a WebSocket port (path /ws)?")
+        self.fresh = False
 
     def check(self) -> None:
         """BenchError if the server refused or closed the probe (reads without waiting)."""

@@ -48,7 +48,7 @@ from collections import Counter, deque
 
 from ratbench.check import LatencyHistogram, SeqTracker
 from ratbench.plan import WorkerResult
-from ratbench.wire import RespReader, Wire, parse_line
+from ratbench.wire import LineReader, RespReader, Wire, parse_line
 
 TRIM_LINES = 65536  # reference lines consumed by all before trimming its buffer
 INFINITY = 1 << 62
@@ -78,6 +78,7 @@ class Receiver:
         "phase",
         "pos",
         "pubid",
+        "reader",
         "resp",
         "skip_sync",
         "slow_buf",
@@ -106,7 +107,8 @@ class Receiver:
         self.marks: deque[tuple[int, int]] = deque()  # (frames complete, arrival us)
         self.tracker = SeqTracker()
         self.slow_buf = bytearray()
-        self.resp: RespReader | None = None
+        self.resp: RespReader | None = None  # Redis: the handshake's reader
+        self.reader: LineReader | None = None  # the slow path's (see `Wire.reader`)
         self.malformed = 0
         self.echoed = 0
         self.last_t = 0
@@ -354,45 +356,14 @@ class Checker:
         rest = rx.pending[rx.pos :]
         rx.pending, rx.pos = b"", 0
         rx.marks.clear()
-        if rx.resp is None and self.wire.subscribe:
-            rx.resp = RespReader()
         if rest:
             self._slow(rx, rest, rx.last_t)
 
     def _slow(self, rx: Receiver, data: bytes, t: int) -> None:
         """Slow path: parse and check every line."""
-        lines: list[bytes | None] = []
-        if rx.resp is None:
-            buf = rx.slow_buf
-            buf += data
-            start = 0
-            while True:
-                nl = buf.find(b"\n", start)
-                if nl < 0:
-                    break
-                lines.append(bytes(buf[start : nl + 1]))
-                start = nl + 1
-            del buf[:start]
-        else:
-            rx.resp.feed(data)
-            while True:
-                try:
-                    item = rx.resp.next()
-                except ValueError:
-                    rx.malformed += 1
-                    rx.resp = RespReader()  # give up on the rest of this data
-                    break
-                if item is RespReader.NEED_MORE:
-                    break
-                if (
-                    isinstance(item, list)
-                    and len(item) == 3
-                    and item[0] == b"message"
-                    and isinstance(item[2], bytes)
-                ):
-                    lines.append(item[2] + b"\n")
-                else:
-                    lines.append(None)
+        if rx.reader is None:
+            rx.reader = self.wire.reader()
+        lines = rx.reader.feed(data)
         size = self.line_size
         hist = rx.hist
         for line in lines:

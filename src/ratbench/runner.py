@@ -210,7 +210,7 @@ class Coordinator:
         nonce = random.randrange(1, 1 << 60)
         # The probe connects first: it finds the address that answers (IPv4, IPv6,
         # a name), and a server that is already full refuses it, not a worker.
-        sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout))
+        sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout), self.wire)
         probe: Probe | None = sync_probe
         try:
             plans = self.plans(nonce, sync_probe.address)

@@ -54,7 +54,7 @@ from ratbench.poller import Poller, now_us, precise_timers, raise_nofile
 from ratbench.procstat import runqueue_wait_ns, self_cpu_ns
 from ratbench.publish import SPIN_NS, make_schedule
 from ratbench.receive import RUNNING, SUBSCRIBED, Checker, Receiver
-from ratbench.wire import RedisWire, Wire, make_wire, sync_line
+from ratbench.wire import Wire, make_wire, sync_line
 
 RECV_SIZE = 256 * 1024
 PROGRESS_NS = 250_000_000
@@ -76,9 +76,7 @@ class Worker:
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.result = WorkerResult(plan.index)
-        sync = sync_line(plan.sync_nonce, plan.line_size)
-        if isinstance(self.wire, RedisWire):  # the sync line as a receiver gets it
-            sync = self.wire.frame_prefix + sync[:-1] + b"\r\n"
+        sync = self.wire.received(sync_line(plan.sync_nonce, plan.line_size))
         self.checker = Checker(self.wire, self.result, sync)
         self.schedule = make_schedule(
             plan,
@@ -103,7 +101,7 @@ class Worker:
         self.result.receivers = len(receivers)
         self.checker.attach(receivers, plan.reference)
         deadline = time.monotonic() + plan.connect_timeout
-        if self.wire.subscribe:
+        if self.wire.handshake:
             connector.wait_handshake(SUBSCRIBED, deadline, self.checker.on_data)
         self.link.send("ready", len(self.conns.sockets))
         connector.wait_handshake(RUNNING, deadline, self.checker.on_data)
