@@ -83,7 +83,7 @@ class PeerProcess:
         if "listening on" not in line:
             self.stop()
             raise RuntimeError(f"peer did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
+        self.port = int(line.split(",")[0].rsplit(":", 1)[1])  # the first address named
 
     def stop(self) -> None:
         terminate(self.proc)

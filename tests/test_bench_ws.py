@@ -9,6 +9,7 @@ bad handshakes, so a clean run shows the client speaks the protocol.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from benchkit import (
     CHAT,
     FANOUT,
+    FANOUT2,
     IDLE,
     PEERS,
     FaultyRelay,
@@ -27,6 +29,7 @@ from benchkit import (
     bench,
     run_ratbench,
 )
+from ratbench.runner import uses_ws
 from ratbench.wire import encode_line
 from ratbench.ws import OP_PING, WsReader, WsWire, accept_value, check_upgrade, frame_header, mask
 
@@ -124,3 +127,46 @@ def test_ws_against_a_line_server_is_a_clear_error() -> None:
     err = proc.stderr.decode()
     assert proc.returncode == 3, err
     assert "Traceback" not in err and "WebSocket upgrade" in err
+
+
+class MixedPeer(PeerProcess):
+    """The websockets peer with TCP line clients in the same broadcast (--tcp-port)."""
+
+    def __init__(self) -> None:
+        cmd = [sys.executable, str(PEERS / "websockets_server.py"), "--port", "0"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.tcp_port = s.getsockname()[1]
+        super().__init__([*cmd, "--tcp-port", str(self.tcp_port)])
+
+
+@pytest.fixture
+def mixed_peer() -> Iterator[MixedPeer]:
+    peer = MixedPeer()
+    yield peer
+    peer.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", [CHAT, FANOUT2, IDLE], ids=["chat", "fanout", "idle"])
+def test_ws_fraction_mixes_tcp_and_websocket(mixed_peer: MixedPeer, scenario: list[str]) -> None:
+    s = bench(
+        mixed_peer.tcp_port, *scenario, "--ws-port", str(mixed_peer.port), "--ws-fraction", "0.5"
+    )
+    assert_clean(s)
+    assert s["proto"] == "line+ws" and s["params"]["ws_fraction"] == 0.5
+    if scenario is not IDLE:
+        assert s["slow_path_receivers"] == 0
+
+
+def test_ws_fraction_needs_a_ws_port() -> None:
+    proc = run_ratbench("chat", "--ws-fraction", "0.5")
+    assert proc.returncode == 2
+    assert "--ws-fraction needs --ws-port" in proc.stderr.decode()
+    assert run_ratbench("chat", "--ws-fraction", "1.5").returncode == 2
+
+
+def test_ws_clients_are_spread_evenly() -> None:
+    assert [uses_ws(i, 0.25) for i in range(8)] == [False, False, False, True] * 2
+    assert sum(uses_ws(i, 0.3) for i in range(100)) == 30
+    assert not any(uses_ws(i, 0.0) for i in range(10)) and all(uses_ws(i, 1.0) for i in range(10))

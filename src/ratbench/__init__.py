@@ -63,6 +63,7 @@ _rate = real_number(above=0, maximum=100_000_000)
 _rate_or_max = real_number(at_least=0, maximum=100_000_000)
 _tick_ms = real_number(above=0, maximum=1000)
 _latency_count = whole_number(0, 1_000_000)
+_fraction = real_number(at_least=0, maximum=1)
 MAX_RATES = 30
 
 
@@ -115,6 +116,22 @@ def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) ->
         help="line: the rat protocol; redis: Redis pub/sub on channel 'rat'"
         + ("; ws: WebSocket text messages on path /ws, one line each" if "ws" in protos else ""),
     )
+    if "ws" in protos:
+        where.add_argument(
+            "--ws-fraction",
+            type=_fraction,
+            default=0.0,
+            metavar="F",
+            help="this share of the clients (spread evenly) are WebSocket clients on"
+            " --ws-port, path /ws; the others speak --proto on --port, in one broadcast",
+        )
+        where.add_argument(
+            "--ws-port",
+            type=_port,
+            default=None,
+            metavar="PORT",
+            help="the server's WebSocket port, for --ws-fraction (default: none)",
+        )
     where.add_argument(
         "--server-pid",
         type=_pid,
@@ -369,7 +386,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         latency_receivers=-2 if lat == "auto" else -1 if lat == "all" else int(lat),
         pattern=getattr(args, "pattern", "even"),
         tick_ms=getattr(args, "tick_ms", 5.0),
+        ws_fraction=getattr(args, "ws_fraction", 0.0),
+        ws_port=getattr(args, "ws_port", None),
     )
+    if cfg.ws_fraction > 0 and (cfg.ws_port is None or cfg.proto != "line"):
+        raise argparse.ArgumentTypeError("--ws-fraction needs --ws-port and --proto line")
     if args.scenario == "chat":
         cfg.clients, cfg.rate = args.clients, args.rate
     elif args.scenario == "fanout":
@@ -394,7 +415,11 @@ def run(args: argparse.Namespace) -> int:
     from ratbench import churn, report, sweep  # noqa: PLC0415
     from ratbench.runner import run_and_summarize  # noqa: PLC0415
 
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except argparse.ArgumentTypeError as err:
+        print(f"rat bench: {err}", file=sys.stderr)
+        return EXIT_USAGE
     errors: list[str] = []
 
     def fail(message: str) -> None:

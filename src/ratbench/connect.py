@@ -85,9 +85,11 @@ class Connector:
         conns: Connections,
         *,
         rbuf: memoryview,
+        ws_wire: Wire | None = None,
     ) -> None:
         self.plan = plan
         self.wire = wire
+        self.ws_wire = ws_wire  # --ws-fraction: the clients marked in plan.ws_clients
         self.poller = poller
         self.link = link
         self.conns = conns
@@ -100,33 +102,43 @@ class Connector:
     def connect_all(self) -> None:
         """Open every connection of the plan (the reference subscriber first)."""
         plan = self.plan
-        wanted: list[tuple[int, str]] = []  # (pubid, role) role: "both", "pub", "sub", "ref"
+        # (pubid, role, wire) role: "both", "pub", "sub", "ref"
+        wanted: list[tuple[int, str, Wire]] = []
         # The reference is a silent subscriber: the first one of the plan if there
-        # is one (fanout), else a connection of its own (chat).
-        need_ref = plan.reference
-        for pubid, publishes, receives in plan.clients:
-            if need_ref and receives and not publishes:
-                wanted.insert(0, (pubid, "ref"))
-                need_ref = False
-            elif publishes and receives and self.wire.split_connections:
-                wanted += [(pubid, "pub"), (pubid, "sub")]
+        # is one (fanout), else a connection of its own (chat); one per wire.
+        refs: dict[int, bool] = {}
+        ws_clients = plan.ws_clients or [False] * len(plan.clients)
+        for (pubid, publishes, receives), on_ws in zip(plan.clients, ws_clients, strict=True):
+            wire = self.ws_wire if on_ws and self.ws_wire is not None else self.wire
+            if plan.reference and receives and not publishes and id(wire) not in refs:
+                wanted.insert(0, (pubid, "ref", wire))
+                refs[id(wire)] = True
+            elif publishes and receives and wire.split_connections:
+                wanted += [(pubid, "pub", wire), (pubid, "sub", wire)]
             elif publishes and receives:
-                wanted.append((pubid, "both"))
+                wanted.append((pubid, "both", wire))
             elif publishes:
-                wanted.append((pubid, "pub"))
+                wanted.append((pubid, "pub", wire))
             else:
-                wanted.append((pubid, "sub"))
-        if need_ref:
-            wanted.insert(0, (0, "ref"))
+                wanted.append((pubid, "sub", wire))
+        if plan.reference:  # chat: a silent reference of its own for each wire in use
+            receiving = {id(w): w for _, role, w in wanted if role != "pub"}
+            for key, wire in receiving.items():
+                if key not in refs:
+                    wanted.insert(0, (0, "ref", wire))
         self.total = len(wanted)
-        family, sockaddr = server_address(plan)
+        addresses = {id(self.wire): server_address(plan)}
+        if self.ws_wire is not None and plan.ws_address is not None:
+            family, sockaddr = plan.ws_address
+            addresses[id(self.ws_wire)] = (family, tuple(sockaddr))
         deadline = time.monotonic() + plan.connect_timeout
-        connecting: dict[int, tuple[socket.socket, int, str]] = {}
+        connecting: dict[int, tuple[socket.socket, int, str, Wire]] = {}
         todo = deque(wanted)
         sampled = 0
         while todo or connecting:
             while todo and len(connecting) < MAX_CONNECTING:
-                pubid, role = todo.popleft()
+                pubid, role, wire = todo.popleft()
+                family, sockaddr = addresses[id(wire)]
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -135,7 +147,7 @@ class Connector:
                 err = sock.connect_ex(sockaddr)
                 if err not in (0, errno.EINPROGRESS):
                     raise BenchError(self._cannot_connect(err))
-                connecting[sock.fileno()] = (sock, pubid, role)
+                connecting[sock.fileno()] = (sock, pubid, role, wire)
                 self.poller.register(sock.fileno(), self.poller.OUT)
             left = deadline - time.monotonic()
             if left <= 0:
@@ -147,12 +159,12 @@ class Connector:
             for fd, _ in self.poller.poll(min(left, 0.5)):
                 if fd not in connecting:  # already connected (and has data): later
                     continue
-                sock, pubid, role = connecting.pop(fd)
+                sock, pubid, role, wire = connecting.pop(fd)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise BenchError(self._cannot_connect(err))
                 timed = plan.latency_receivers < 0 or sampled < plan.latency_receivers
-                self._add(sock, pubid, role, timed)
+                self._add(sock, pubid, role, timed, wire)
                 if role != "pub" and timed:
                     sampled += 1
 
@@ -160,29 +172,33 @@ class Connector:
         hint = " (is the server running on that port?)" if err == errno.ECONNREFUSED else ""
         return f"cannot connect to {self.where}: {os.strerror(err)}{hint}"
 
-    def _add(self, sock: socket.socket, pubid: int, role: str, timed: bool) -> None:
+    def _add(self, sock: socket.socket, pubid: int, role: str, timed: bool, wire: Wire) -> None:
         conns = self.conns
         fd = sock.fileno()
         rx: Receiver | None = None
         pub: Publisher | None = None
         if role in ("ref", "both", "sub"):
-            rx = Receiver(sock, pubid, LatencyHistogram() if timed else None)
-            if self.wire.subscribe:
+            rx = Receiver(sock, pubid, LatencyHistogram() if timed else None, wire)
+            if not wire.handshake:
+                rx.phase = SUBSCRIBED  # nothing to wait for but the sync line
+            if wire.subscribe:
                 rx.resp = RespReader()
-                sock.sendall(self.wire.subscribe)  # a few bytes into an empty buffer
+                sock.sendall(wire.subscribe)  # a few bytes into an empty buffer
             if role == "ref":
                 conns.receivers.insert(0, rx)
             else:
                 conns.receivers.append(rx)
         if role in ("both", "pub"):
             pub = Publisher(sock, pubid, self.plan.line_size, self.plan.max_lines_per_publisher)
+            pub.wire = wire
             conns.publishers.append(pub)
             if rx is None:
                 conns.drains.add(fd)
-        if self.wire.upgrade:
+        if wire.upgrade:
             key = ws.new_key()
             self.upgrading[fd] = (key, bytearray())
-            sock.sendall(ws.upgrade_request(self.where, key))
+            where = self.plan.ws_where if wire is self.ws_wire else self.where
+            sock.sendall(ws.upgrade_request(where, key))
         conns.by_fd[fd] = (rx, pub)
         self.poller.modify(fd, self.poller.IN)
 
@@ -203,7 +219,7 @@ class Connector:
         receivers = self.conns.receivers
         what = "the subscribe acknowledgement" if want == SUBSCRIBED else "the sync line"
         sync = sync_line(self.plan.sync_nonce, self.plan.line_size)
-        if self.wire.upgrade and want == SUBSCRIBED:
+        if self.upgrading and want == SUBSCRIBED:
             what = "the WebSocket upgrade"
         while True:
             behind = sum(1 for r in receivers if r.phase < want)
@@ -271,8 +287,8 @@ class Connector:
 
     def _handshake(self, rx: Receiver, sync: bytes) -> bytes:
         """Consume the subscribe ack and the sync frame; return the bytes after them."""
-        if self.wire.upgrade:  # WebSocket: the sync message, as a fixed-size frame
-            frame = self.wire.received(sync)
+        if rx.wire.upgrade:  # WebSocket: the sync message, as a fixed-size frame
+            frame = rx.wire.received(sync)
             got = bytes(rx.slow_buf[: len(frame)])
             if not frame.startswith(got):
                 raise BenchError(

@@ -60,6 +60,10 @@ class WorkerPlan:
     publishers_total: int = 1  # over all workers (`--pattern even` interleaves them)
     # socket.getaddrinfo's (family, sockaddr) of the server; empty: resolve host
     address: tuple[int, Any] | None = None
+    # --ws-fraction: which clients (parallel to `clients`) use WebSocket, and where
+    ws_clients: list[bool] = field(default_factory=list)
+    ws_address: tuple[int, Any] | None = None
+    ws_where: str = ""
 
 
 @dataclass

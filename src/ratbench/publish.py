@@ -61,6 +61,7 @@ class Publisher:
         "seq",
         "skipped",
         "sock",
+        "wire",
     )
 
     def __init__(self, sock: socket.socket, pubid: int, line_size: int, limit: int) -> None:
@@ -74,6 +75,7 @@ class Publisher:
         self.outbuf = bytearray()
         self.phase = 0.0
         self.alive = True
+        self.wire: Wire | None = None  # set when connected (--ws-fraction mixes two)
 
 
 class Schedule:
@@ -128,7 +130,7 @@ class Schedule:
         """Queue `count` lines stamped `now` and send what the socket takes."""
         while count > 0:
             n = min(count, SEND_CHUNK_LINES)
-            pub.outbuf += self.wire.publish(pub.encoder.lines(pub.seq, n, now))
+            pub.outbuf += (pub.wire or self.wire).publish(pub.encoder.lines(pub.seq, n, now))
             pub.seq += n
             count -= n
         self.result.last_tx_ns = now
@@ -275,11 +277,11 @@ class EvenSchedule(Schedule):
             if len(pub.outbuf) > MAX_OUTBUF:
                 pub.skipped += 1
                 return
-            pub.outbuf += self.wire.publish_one(pub.encoder.line(pub.seq, now))
+            pub.outbuf += (pub.wire or self.wire).publish_one(pub.encoder.line(pub.seq, now))
             pub.seq += 1
             self.result.last_tx_ns = now
             return
-        data = self.wire.publish_one(pub.encoder.line(pub.seq, now))
+        data = (pub.wire or self.wire).publish_one(pub.encoder.line(pub.seq, now))
         pub.seq += 1
         sent = self.send(pub, data)
         if pub.alive and sent < len(data):

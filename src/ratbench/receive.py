@@ -63,6 +63,7 @@ class Receiver:
     """One receiving connection and what it has got so far."""
 
     __slots__ = (
+        "checker",
         "closed",
         "echoed",
         "fast",
@@ -86,10 +87,14 @@ class Receiver:
         "sync_tail",
         "total",
         "tracker",
+        "wire",
     )
 
-    def __init__(self, sock: socket.socket, pubid: int, hist: LatencyHistogram | None) -> None:
+    def __init__(
+        self, sock: socket.socket, pubid: int, hist: LatencyHistogram | None, wire: Wire
+    ) -> None:
         self.sock = sock
+        self.wire = wire  # how it talks to the server (--ws-fraction mixes two)
         self.pubid = pubid  # the client's own publisher id (0: publishes nothing)
         self.hist = hist  # None: latency not measured on this receiver
         self.phase = CONNECTED
@@ -109,6 +114,7 @@ class Receiver:
         self.slow_buf = bytearray()
         self.resp: RespReader | None = None  # Redis: the handshake's reader
         self.reader: LineReader | None = None  # the slow path's (see `Wire.reader`)
+        self.checker: Checker | None = None  # the one that checks it (one per wire)
         self.malformed = 0
         self.echoed = 0
         self.last_t = 0
@@ -155,6 +161,8 @@ class Checker:
     def attach(self, receivers: list[Receiver], reference: bool) -> None:
         """Take the connected receivers; the first is the reference if `reference`."""
         self.receivers = receivers
+        for r in receivers:
+            r.checker = self
         self.ref_rx = receivers[0] if reference and receivers else None
         if self.ref_rx is not None:
             for r in receivers[1:]:

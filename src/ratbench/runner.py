@@ -61,6 +61,8 @@ class Config(Target):
     latency_receivers: int = -2  # -2: automatic; -1: all
     pattern: str = "even"  # with a rate: even | ticks
     tick_ms: float = 5.0
+    ws_fraction: float = 0.0  # this share of the clients use WebSocket, on ws_port
+    ws_port: int | None = None
 
 
 @dataclass
@@ -99,7 +101,12 @@ class Coordinator:
 
     # -- planning --------------------------------------------------------------
 
-    def plans(self, nonce: int, address: tuple[int, Any] | None = None) -> list[WorkerPlan]:
+    def plans(
+        self,
+        nonce: int,
+        address: tuple[int, Any] | None = None,
+        ws_address: tuple[int, Any] | None = None,
+    ) -> list[WorkerPlan]:
         cfg = self.cfg
         clients: list[tuple[int, bool, bool]]
         rate = 0.0
@@ -116,8 +123,10 @@ class Coordinator:
         publishers = sum(1 for c in clients if c[1])
         workers = max(1, min(cfg.workers, len(clients)))
         shares: list[list[tuple[int, bool, bool]]] = [[] for _ in range(workers)]
+        on_ws: list[list[bool]] = [[] for _ in range(workers)]
         for i, c in enumerate(clients):
             shares[i % workers].append(c)
+            on_ws[i % workers].append(uses_ws(i, cfg.ws_fraction))
         per_pub = 10**9
         if cfg.max_lines > 0 and publishers:
             per_pub = max(1, cfg.max_lines // publishers)
@@ -152,6 +161,9 @@ class Coordinator:
                 pattern=cfg.pattern,
                 publishers_total=max(1, publishers),
                 address=address,
+                ws_clients=on_ws[i] if cfg.ws_fraction > 0 else [],
+                ws_address=ws_address,
+                ws_where=show_address(cfg.host, cfg.ws_port or 0),
             )
             for i, share in enumerate(shares)
         ]
@@ -213,7 +225,12 @@ class Coordinator:
         sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout), self.wire)
         probe: Probe | None = sync_probe
         try:
-            plans = self.plans(nonce, sync_probe.address)
+            ws_address = None
+            if cfg.ws_fraction > 0:  # where the WebSocket clients go (a probe finds it)
+                ws_probe = Probe.open(cfg.host, cfg.ws_port or 0, 10.0, make_wire("ws", 64))
+                ws_address = ws_probe.address
+                ws_probe.close()
+            plans = self.plans(nonce, sync_probe.address, ws_address)
             self.pool.start(worker_main, plans)
             setup_deadline = time.monotonic() + cfg.setup_timeout + 5
             ready = self.pool.gather(
@@ -289,6 +306,11 @@ class Coordinator:
         return out
 
 
+def uses_ws(i: int, fraction: float) -> bool:
+    """Whether client `i` is a WebSocket client: `fraction` of them, spread evenly."""
+    return math.floor((i + 1) * fraction) > math.floor(i * fraction)
+
+
 def run_bench(cfg: Config) -> Outcome:
     return Coordinator(cfg).run()
 
@@ -344,12 +366,14 @@ def summarize(out: Outcome) -> dict[str, Any]:
     )
     summary: dict[str, Any] = {
         "scenario": cfg.scenario,
-        "proto": cfg.proto,
+        "proto": cfg.proto if cfg.ws_fraction == 0 else f"{cfg.proto}+ws",
         "server": show_address(cfg.host, cfg.port),
         "params": {
             "line_size": cfg.line_size,
             "duration_s": cfg.duration,
             "workers": len(res),
+            "ws_fraction": cfg.ws_fraction,
+            "ws_port": cfg.ws_port,
             **(
                 {"clients": cfg.clients, "rate": cfg.rate}
                 if cfg.scenario == "chat"

@@ -76,15 +76,19 @@ class Worker:
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.result = WorkerResult(plan.index)
-        sync = self.wire.received(sync_line(plan.sync_nonce, plan.line_size))
-        self.checker = Checker(self.wire, self.result, sync)
+        sync = sync_line(plan.sync_nonce, plan.line_size)
+        # One checker per wire (--ws-fraction: TCP and WebSocket), each with its reference.
+        self.ws_wire = make_wire("ws", plan.line_size) if any(plan.ws_clients) else None
+        wires = [self.wire] + ([self.ws_wire] if self.ws_wire is not None else [])
+        self.checkers = [Checker(w, self.result, w.received(sync)) for w in wires]
+        self.checker = self.checkers[0]
         self.schedule = make_schedule(
             plan,
             self.wire,
             self.poller,
             self.conns.publishers,
             self.result,
-            seen=self.checker.delivered_seq,
+            seen=self.delivered_seq,
         )
         self.next_progress = 0
         self.lazy: list[Receiver] = []  # read on a timer (see the module notes)
@@ -94,18 +98,40 @@ class Worker:
         """Connect everything, subscribe (Redis) and say "ready"; then wait for the sync."""
         plan = self.plan
         self.poller.register(self.link.fileno(), self.poller.IN)
-        connector = Connector(plan, self.wire, self.poller, self.link, self.conns, rbuf=self.rview)
+        connector = Connector(
+            plan,
+            self.wire,
+            self.poller,
+            self.link,
+            self.conns,
+            rbuf=self.rview,
+            ws_wire=self.ws_wire,
+        )
         connector.connect_all()
         receivers = self.conns.receivers
         self.result.latency_receivers = sum(1 for r in receivers if r.hist is not None)
         self.result.receivers = len(receivers)
-        self.checker.attach(receivers, plan.reference)
+        for checker in self.checkers:
+            mine = [r for r in receivers if r.wire is checker.wire]
+            checker.attach(mine, plan.reference)
         deadline = time.monotonic() + plan.connect_timeout
-        if self.wire.handshake:
-            connector.wait_handshake(SUBSCRIBED, deadline, self.checker.on_data)
+        if any(c.wire.handshake for c in self.checkers):
+            connector.wait_handshake(SUBSCRIBED, deadline, self.on_data)
         self.link.send("ready", len(self.conns.sockets))
-        connector.wait_handshake(RUNNING, deadline, self.checker.on_data)
+        connector.wait_handshake(RUNNING, deadline, self.on_data)
         self.link.send("synced")
+
+    def on_data(self, rx: Receiver, data: bytes, t: int) -> None:
+        """Bytes for `rx`, to the checker of its wire."""
+        assert rx.checker is not None
+        rx.checker.on_data(rx, data, t)
+
+    def delivered_seq(self, pubid: int, fallback: int) -> int:
+        """Window mode: what a reference got in order (the first checker that has one)."""
+        for checker in self.checkers:
+            if checker.ref_rx is not None:
+                return checker.delivered_seq(pubid, fallback)
+        return fallback
 
     def wait_message(self, kind: str, deadline_ns: int) -> tuple[Any, ...]:
         """Keep the loop running until the coordinator sends `kind`; return it."""
@@ -120,7 +146,7 @@ class Worker:
         rview = self.rview
         drains = self.conns.drains
         poll = self.poller.poll
-        on_data = self.checker.on_data
+        on_data = self.on_data
         out = self.poller.OUT
         wait = self.poller.wait
         schedule = self.schedule
@@ -176,16 +202,18 @@ class Worker:
                     received = True
             if received:
                 self.result.last_rx_ns = t * 1000
-            self.checker.unblock()
+            for checker in self.checkers:
+                checker.unblock()
             if now >= self.next_progress:
                 self.next_progress = now + PROGRESS_NS
                 self._progress()
-                self.checker.trim()
+                for checker in self.checkers:
+                    checker.trim()
 
     def _read_lazy(self) -> None:
         """Read every receiver that is not watched by epoll until it has nothing more."""
         rview = self.rview
-        on_data = self.checker.on_data
+        on_data = self.on_data
         t = now_us()
         got = False
         for rx in self.lazy:
@@ -207,7 +235,8 @@ class Worker:
                     break
         if got:
             self.result.last_rx_ns = t * 1000
-        self.checker.unblock()
+        for checker in self.checkers:
+            checker.unblock()
 
     def _unwatch_untimed(self) -> None:
         """From now on read the untimed receivers on a timer (see the module notes)."""
@@ -227,15 +256,15 @@ class Worker:
     def _closed(self, fd: int) -> None:
         rx, pub = self.conns.by_fd[fd]
         self.poller.unregister(fd)
-        if rx is not None:
-            self.checker.closed(rx)
+        if rx is not None and rx.checker is not None:
+            rx.checker.closed(rx)
         if pub is not None and pub.alive:
             pub.alive = False
             if rx is None:
                 self.result.disconnected += 1
 
     def _progress(self) -> None:
-        delivered = sum(r.total for r in self.conns.receivers) // self.frame
+        delivered = sum(r.total // r.wire.frame_size for r in self.conns.receivers)
         published = sum(p.seq for p in self.conns.publishers)
         self.link.send("progress", published, delivered)
 
@@ -249,9 +278,9 @@ class Worker:
 
     def drain(self, published: dict[int, int], grace_s: float) -> None:
         """Receive until every receiver has what was published, or the grace ends."""
-        checker = self.checker
         receivers = self.conns.receivers
-        expected = {id(rx): checker.expected_lines(rx, published) for rx in receivers}
+        checker_of = {id(rx): rx.checker or self.checker for rx in receivers}
+        expected = {id(rx): checker_of[id(rx)].expected_lines(rx, published) for rx in receivers}
         waiting = set(receivers)
         next_check = 0
 
@@ -263,7 +292,8 @@ class Worker:
                 return False
             next_check = now + 5_000_000
             for rx in list(waiting):
-                if rx.closed or checker.received_lines(rx, published) >= expected[id(rx)]:
+                got = checker_of[id(rx)].received_lines(rx, published)
+                if rx.closed or got >= expected[id(rx)]:
                     waiting.discard(rx)
             return not waiting
 
@@ -299,7 +329,8 @@ def run_worker(plan: WorkerPlan, link: CoordinatorLink) -> None:
         worker.drain(published, float(msg[2]))
         worker.result.cpu_ns = self_cpu_ns() - cpu0
         worker.result.wait_ns = runqueue_wait_ns("self") - wait0
-        worker.checker.finish(published)
+        for checker in worker.checkers:
+            checker.finish(published)
         worker.result.skipped = worker.schedule.skipped()
         worker.result.lateness = dict(worker.schedule.lateness.counts)
         link.send("result", worker.result)
