@@ -132,6 +132,19 @@ def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) ->
             metavar="PORT",
             help="the server's WebSocket port, for --ws-fraction (default: none)",
         )
+    if "ws" in protos:
+        where.add_argument(
+            "--tls",
+            action="store_true",
+            help="wrap every connection in TLS (certificates not verified unless --tls-ca)",
+        )
+        where.add_argument(
+            "--tls-ca",
+            default=None,
+            metavar="FILE",
+            help="with --tls: verify the server's certificate and name against this CA file"
+            " (default: none, no verification)",
+        )
     where.add_argument(
         "--server-pid",
         type=_pid,
@@ -388,6 +401,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         tick_ms=getattr(args, "tick_ms", 5.0),
         ws_fraction=getattr(args, "ws_fraction", 0.0),
         ws_port=getattr(args, "ws_port", None),
+        tls=getattr(args, "tls", False) or getattr(args, "tls_ca", None) is not None,
+        tls_ca=getattr(args, "tls_ca", None),
     )
     if cfg.ws_fraction > 0 and (cfg.ws_port is None or cfg.proto != "line"):
         raise argparse.ArgumentTypeError("--ws-fraction needs --ws-port and --proto line")

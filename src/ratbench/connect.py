@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from ratbench.check import LatencyHistogram
 from ratbench.errors import BenchError, refusal
 from ratbench.pipe import CoordinatorLink
 from ratbench.plan import WorkerPlan
-from ratbench.poller import Poller, now_us
+from ratbench.poller import WOULD_BLOCK, Poller, client_tls, now_us
 from ratbench.publish import Publisher
 from ratbench.receive import RUNNING, SUBSCRIBED, Receiver
 from ratbench.wire import RespReader, Wire, sync_line
@@ -132,7 +133,9 @@ class Connector:
             family, sockaddr = plan.ws_address
             addresses[id(self.ws_wire)] = (family, tuple(sockaddr))
         deadline = time.monotonic() + plan.connect_timeout
+        tls = client_tls(plan.tls_ca) if plan.tls else None
         connecting: dict[int, tuple[socket.socket, int, str, Wire]] = {}
+        shaking: set[int] = set()  # TLS handshakes under way
         todo = deque(wanted)
         sampled = 0
         while todo or connecting:
@@ -160,13 +163,49 @@ class Connector:
                 if fd not in connecting:  # already connected (and has data): later
                     continue
                 sock, pubid, role, wire = connecting.pop(fd)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise BenchError(self._cannot_connect(err))
+                if fd not in shaking:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise BenchError(self._cannot_connect(err))
+                    if tls is not None:
+                        sock = self._wrap(sock, tls)
+                        shaking.add(fd)
+                if fd in shaking:
+                    if not self._tls_handshake(sock):
+                        connecting[fd] = (sock, pubid, role, wire)
+                        continue
+                    shaking.discard(fd)
                 timed = plan.latency_receivers < 0 or sampled < plan.latency_receivers
                 self._add(sock, pubid, role, timed, wire)
                 if role != "pub" and timed:
                     sampled += 1
+
+    def _wrap(self, sock: socket.socket, tls: ssl.SSLContext) -> ssl.SSLSocket:
+        """`--tls`: the TLS socket over `sock` (same descriptor; the handshake is to come)."""
+        wrapped = tls.wrap_socket(
+            sock, server_hostname=self.plan.host, do_handshake_on_connect=False
+        )
+        conns = self.conns
+        conns.sockets[conns.sockets.index(sock)] = wrapped  # `sock` is detached now
+        return wrapped
+
+    def _tls_handshake(self, sock: socket.socket) -> bool:
+        """One step of a non-blocking TLS handshake: True when done, else what to wait for."""
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.poller.modify(sock.fileno(), self.poller.IN)
+            return False
+        except ssl.SSLWantWriteError:
+            self.poller.modify(sock.fileno(), self.poller.OUT)
+            return False
+        except (ssl.SSLError, OSError) as err:
+            raise BenchError(
+                f"the TLS handshake with {self.where} failed: {err}; is it a TLS port"
+                " (and, with --tls-ca, a certificate that file vouches for)?"
+            ) from None
+        return True
 
     def _cannot_connect(self, err: int) -> str:
         hint = " (is the server running on that port?)" if err == errno.ECONNREFUSED else ""
@@ -242,7 +281,7 @@ class Connector:
                 assert sock is not None
                 try:
                     data = self.rview[: sock.recv_into(self.rview)].tobytes()
-                except (BlockingIOError, InterruptedError):
+                except WOULD_BLOCK:
                     continue
                 except OSError as err:
                     raise BenchError(
@@ -370,8 +409,15 @@ class Probe:
         self.fresh = True  # nothing received yet: a refusal would come first
 
     @classmethod
-    def open(cls, host: str, port: int, timeout: float, wire: Wire | None = None) -> Probe:
-        """Connect to the first address of `host` that answers (WebSocket: and upgrade)."""
+    def open(
+        cls,
+        host: str,
+        port: int,
+        timeout: float,
+        wire: Wire | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> Probe:
+        """Connect to the first address of `host` that answers (TLS, WebSocket: and shake)."""
         where = show_address(host, port)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -388,10 +434,19 @@ class Probe:
                 failures.append(f"{show_address(str(sockaddr[0]), port)}: {err.strerror or err}")
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                try:
+                    sock = tls.wrap_socket(sock, server_hostname=host)
+                except (ssl.SSLError, OSError) as err:
+                    sock.close()
+                    raise BenchError(
+                        f"the TLS handshake with {where} failed: {err}; is it a TLS port"
+                        " (and, with --tls-ca, a certificate that file vouches for)?"
+                    ) from None
             probe = cls(sock, where, (family, sockaddr))
             if wire is not None and wire.upgrade:
                 probe.upgrade()
-            sock.settimeout(None)  # blocking: `check` reads with MSG_DONTWAIT
+            sock.settimeout(None)  # blocking; `check` reads without blocking
             return probe
         hint = " (is the server running on that port?)" if "refused" in " ".join(failures) else ""
         raise BenchError(f"cannot connect to {where}: {'; '.join(failures)}{hint}")
@@ -421,10 +476,17 @@ class Probe:
 
     def check(self) -> None:
         """BenchError if the server refused or closed the probe (reads without waiting)."""
+        self.sock.setblocking(False)  # (a TLS socket takes no MSG_DONTWAIT)
+        try:
+            self._check()
+        finally:
+            self.sock.setblocking(True)
+
+    def _check(self) -> None:
         while True:
             try:
-                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+                data = self.sock.recv(65536)
+            except WOULD_BLOCK:
                 return
             except OSError:
                 data = b""  # reset: closed right after accepting

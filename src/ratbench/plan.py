@@ -64,6 +64,9 @@ class WorkerPlan:
     ws_clients: list[bool] = field(default_factory=list)
     ws_address: tuple[int, Any] | None = None
     ws_where: str = ""
+    # --tls: wrap every connection; verify against this CA file (None: no verification)
+    tls: bool = False
+    tls_ca: str | None = None
 
 
 @dataclass

@@ -11,10 +11,30 @@ from __future__ import annotations
 import ctypes
 import resource
 import select
+import ssl
 import time
 from typing import Any
 
 PR_SET_TIMERSLACK = 29  # linux/prctl.h
+
+# What a non-blocking socket raises when it cannot go on now: for a TLS socket
+# also "wants to read/write" (a record not complete yet, a session ticket).
+WOULD_BLOCK: tuple[type[OSError], ...] = (
+    BlockingIOError,
+    InterruptedError,
+    ssl.SSLWantReadError,
+    ssl.SSLWantWriteError,
+)
+
+
+def client_tls(verify_with: str | None) -> ssl.SSLContext:
+    """`--tls`: a client context; without a CA file, no verification (a benchmark, not trust)."""
+    if verify_with is not None:
+        return ssl.create_default_context(cafile=verify_with)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class Poller:

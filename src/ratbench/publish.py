@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from ratbench.check import LatencyHistogram
 from ratbench.plan import WorkerPlan, WorkerResult
-from ratbench.poller import Poller
+from ratbench.poller import WOULD_BLOCK, Poller
 from ratbench.wire import LineEncoder, Wire
 
 SEND_CHUNK_LINES = 1024  # lines per batch a publisher builds at most
@@ -149,7 +149,7 @@ class Schedule:
         """One `send`: the bytes taken (0 when the socket is full; a failure kills `pub`)."""
         try:
             return pub.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return 0
         except OSError:
             pub.alive = False

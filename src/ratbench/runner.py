@@ -36,7 +36,7 @@ from ratbench.connect import Probe, show_address
 from ratbench.errors import BenchError
 from ratbench.pipe import WorkerPool
 from ratbench.plan import Target, WorkerPlan, WorkerResult
-from ratbench.poller import raise_nofile
+from ratbench.poller import client_tls, raise_nofile
 from ratbench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
 from ratbench.wire import encode_line, make_wire, sync_line
 from ratbench.worker import worker_main
@@ -63,6 +63,8 @@ class Config(Target):
     tick_ms: float = 5.0
     ws_fraction: float = 0.0  # this share of the clients use WebSocket, on ws_port
     ws_port: int | None = None
+    tls: bool = False  # wrap every connection in TLS (verify with tls_ca, if given)
+    tls_ca: str | None = None
 
 
 @dataclass
@@ -164,6 +166,8 @@ class Coordinator:
                 ws_clients=on_ws[i] if cfg.ws_fraction > 0 else [],
                 ws_address=ws_address,
                 ws_where=show_address(cfg.host, cfg.ws_port or 0),
+                tls=cfg.tls,
+                tls_ca=cfg.tls_ca,
             )
             for i, share in enumerate(shares)
         ]
@@ -222,12 +226,13 @@ class Coordinator:
         nonce = random.randrange(1, 1 << 60)
         # The probe connects first: it finds the address that answers (IPv4, IPv6,
         # a name), and a server that is already full refuses it, not a worker.
-        sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout), self.wire)
+        tls = client_tls(cfg.tls_ca) if cfg.tls else None
+        sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout), self.wire, tls)
         probe: Probe | None = sync_probe
         try:
             ws_address = None
             if cfg.ws_fraction > 0:  # where the WebSocket clients go (a probe finds it)
-                ws_probe = Probe.open(cfg.host, cfg.ws_port or 0, 10.0, make_wire("ws", 64))
+                ws_probe = Probe.open(cfg.host, cfg.ws_port or 0, 10.0, make_wire("ws", 64), tls)
                 ws_address = ws_probe.address
                 ws_probe.close()
             plans = self.plans(nonce, sync_probe.address, ws_address)
@@ -366,7 +371,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
     )
     summary: dict[str, Any] = {
         "scenario": cfg.scenario,
-        "proto": cfg.proto if cfg.ws_fraction == 0 else f"{cfg.proto}+ws",
+        "proto": (cfg.proto if cfg.ws_fraction == 0 else f"{cfg.proto}+ws")
+        + ("+tls" if cfg.tls else ""),
         "server": show_address(cfg.host, cfg.port),
         "params": {
             "line_size": cfg.line_size,

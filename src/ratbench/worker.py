@@ -50,7 +50,7 @@ from typing import Any
 from ratbench.connect import Connections, Connector
 from ratbench.pipe import CoordinatorLink, worker_entry
 from ratbench.plan import WorkerPlan, WorkerResult
-from ratbench.poller import Poller, now_us, precise_timers, raise_nofile
+from ratbench.poller import WOULD_BLOCK, Poller, now_us, precise_timers, raise_nofile
 from ratbench.procstat import runqueue_wait_ns, self_cpu_ns
 from ratbench.publish import SPIN_NS, make_schedule
 from ratbench.receive import RUNNING, SUBSCRIBED, Checker, Receiver
@@ -190,7 +190,7 @@ class Worker:
                 sock = rx.sock if rx is not None else pub.sock  # type: ignore[union-attr]
                 try:
                     n = sock.recv_into(rview)
-                except (BlockingIOError, InterruptedError):
+                except WOULD_BLOCK:
                     continue
                 except OSError:
                     n = 0
@@ -222,7 +222,7 @@ class Worker:
             while True:
                 try:
                     n = rx.sock.recv_into(rview)
-                except (BlockingIOError, InterruptedError):
+                except WOULD_BLOCK:
                     break
                 except OSError:
                     n = 0
@@ -231,7 +231,7 @@ class Worker:
                     break
                 on_data(rx, rview[:n].tobytes(), t)
                 got = True
-                if n < len(rview):
+                if n < len(rview) and not self.plan.tls:  # TLS: a record at a time
                     break
         if got:
             self.result.last_rx_ns = t * 1000
