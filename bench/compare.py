@@ -62,7 +62,10 @@ NOTES_BEGIN = "<!-- notes:begin (kept by bench/compare.py) -->"
 NOTES_RE = re.compile(r"<!-- notes:begin[^>]*-->(.*?)<!-- notes:end -->", re.S)
 NOTES_END = "<!-- notes:end -->"
 LISTENING = re.compile(r"listening on \S+?:(\d+)")
-ALL_SERVERS = ("rat", "asyncio", "uvloop", "node", "redis", "selectors")
+ALL_SERVERS = (
+    "rat", "asyncio", "uvloop", "node", "redis", "selectors",
+    "ws-websockets", "ws-websockets-uvloop", "ws-node", "tls-uvloop",
+)  # fmt: skip
 DEFAULT_VARIANTS = ("rat-coalesce=--coalesce-ms 1",)
 SWEEP_RATES = (500, 1000, 2000, 10000, 50000, 100000)
 TICK_RATES = (2000, 50000)
@@ -82,6 +85,57 @@ class ServerSpec:
     fixed_port: bool = False  # True: we pick the port (the server does not print it)
     missing: str | None = None  # why it cannot run here
     flags: list[str] = field(default_factory=list)  # rat variants: the extra flags
+    tls: bool = False  # the generator connects with --tls
+
+
+def node_ws_missing(node: str | None) -> str | None:
+    """Why the Node.js `ws` peer cannot run; installs the `ws` package when it is missing."""
+    if node is None:
+        return "node is not installed"
+    if (PEERS / "node_modules" / "ws").is_dir():
+        return None
+    npm = shutil.which("npm")
+    if npm is None:
+        return "the ws package is missing and there is no npm to install it"
+    print("compare: npm install (the ws package, into bench/peers/node_modules)", file=sys.stderr)
+    done = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(PEERS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"npm install failed: {done.stderr.strip()[-200:]}"
+    return None
+
+
+_TLS_FILES: list[str] = []
+CERT_ARGS = [
+    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=IP:127.0.0.1",
+]  # fmt: skip
+
+
+def tls_files() -> list[str] | str:
+    """A throwaway self-signed certificate and key for the TLS peer (or why there is none)."""
+    if _TLS_FILES:
+        return _TLS_FILES
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return "no openssl command to make a certificate"
+    folder = tempfile.mkdtemp(prefix="rat-compare-tls-")
+    cert, key = f"{folder}/cert.pem", f"{folder}/key.pem"
+    done = subprocess.run(
+        [openssl, *CERT_ARGS, "-keyout", key, "-out", cert],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        return "openssl could not make a certificate"
+    _TLS_FILES.extend([cert, key])
+    return _TLS_FILES
 
 
 def free_port() -> int:
@@ -195,6 +249,48 @@ def server_specs(
             lambda port: [python, str(PEERS / "minimal_selectors.py"), "--port", str(port)],
         ),
     ]
+    websockets = has_module("websockets")
+    no_websockets = None if websockets else "no websockets (pip install websockets)"
+    ws_peer = [python, str(PEERS / "websockets_server.py")]
+    specs += [
+        ServerSpec(
+            "ws-websockets",
+            "ws",
+            "WebSocket: the websockets library's broadcast(), asyncio",
+            lambda port: [*ws_peer, "--port", str(port)],
+            missing=no_websockets,
+        ),
+        ServerSpec(
+            "ws-websockets-uvloop",
+            "ws",
+            "WebSocket: the websockets library's broadcast(), uvloop",
+            lambda port: [*ws_peer, "--uvloop", "--port", str(port)],
+            missing=no_websockets or (None if has_module("uvloop") else "no uvloop"),
+        ),
+        ServerSpec(
+            "ws-node",
+            "ws",
+            "WebSocket: Node.js and the ws package",
+            lambda port: [node or "node", str(PEERS / "node_ws_server.js"), "--port", str(port)],
+            missing=node_ws_missing(node) if check else None,
+        ),
+    ]
+    tls = tls_files() if check else ["cert.pem", "key.pem"]
+    tls_peer = [python, str(PEERS / "asyncio_server.py"), "--uvloop"]
+    if not isinstance(tls, str):
+        tls_peer += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    specs.append(
+        ServerSpec(
+            "tls-uvloop",
+            "line",
+            "TLS: the asyncio peer with an ssl context, uvloop",
+            lambda port: [*tls_peer, "--port", str(port)],
+            missing=tls
+            if isinstance(tls, str)
+            else (None if has_module("uvloop") else "no uvloop"),
+            tls=True,
+        )
+    )
     return specs
 
 
@@ -448,6 +544,11 @@ def scenarios(quick: bool, duration: float) -> list[Scenario]:
     ]
 
 
+def applies(sc: Scenario, spec: ServerSpec) -> bool:
+    """The connect scenario speaks plain TCP (line or Redis): not to WebSocket or TLS peers."""
+    return sc.kind != "connect" or (spec.proto in ("line", "redis") and not spec.tls)
+
+
 def reproduce(sc: Scenario, proto: str = "line") -> str:
     """The command that reproduces a scenario's figures (SERVER: --port PORT --server-pid PID)."""
     extra = " --proto redis" if proto == "redis" else ""
@@ -460,7 +561,7 @@ def run_bench(
     cmd = [
         python, "-m", "ratbench", *scenario.args, "--proto", spec.proto,
         "--port", str(server.port), "--server-pid", str(server.proc.pid),
-        "--json", "--no-progress", "--setup-timeout", "60",
+        "--json", "--no-progress", "--setup-timeout", "60", *(["--tls"] if spec.tls else []),
     ]  # fmt: skip
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
@@ -725,7 +826,8 @@ def write_report(
         "",
         "Each run starts a fresh server, pinned to one CPU, and runs the generator, pinned to"
         " another. In the commands, SERVER is `--port PORT --server-pid PID`, plus"
-        " `--proto redis` for Redis.",
+        " `--proto redis` for Redis, `--proto ws` for the ws-* servers and `--tls` for tls-*"
+        " (the connect scenario runs against the plain TCP servers only).",
         "",
         "Servers: " + "; ".join(f"**{sp.name}**: {sp.label}" for sp in servers) + ".",
         "Redis delivers each chat client's own messages back to it (pub/sub has no way to"
@@ -759,7 +861,8 @@ def write_report(
         elif sc.kind == "idle":
             lines += server_table(names, rows, IDLE_COLUMNS, idle_cells)
         elif sc.kind == "connect":
-            lines += server_table(names, rows, CONNECT_COLUMNS, connect_cells)
+            tcp = [sp.name for sp in servers if applies(sc, sp)]
+            lines += server_table(tcp, rows, CONNECT_COLUMNS, connect_cells)
         else:
             lines += server_table(names, rows, FANOUT_COLUMNS, fanout_cells)
         lines += ["", "```sh", reproduce(sc), "```"]
@@ -973,7 +1076,8 @@ def draw_chart(
             ax.axhline(0.95, color="k", lw=0.8, ls="--")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     fan = [sc for sc in scens if sc.kind == "fanout"]
     width = 0.8 / max(1, len(names))
     for i, n in enumerate(names):
@@ -1140,6 +1244,8 @@ def main(argv: list[str]) -> int:
         for sc in scens:
             order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
             for spec in order:
+                if not applies(sc, spec):
+                    continue
                 result, note = measure(args.python, spec, sc, server_cpu, gen_cpu)
                 raw[sc.name].setdefault(spec.name, []).append(result)
                 print(
