@@ -157,8 +157,20 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def server_specs(
-    python: str, variants: list[tuple[str, list[str]]], check: bool = True
+    python: str,
+    variants: list[tuple[str, list[str]]],
+    check: bool = True,
+    wanted: set[str] | None = None,
 ) -> list[ServerSpec]:
+    """Every server; with `check`, why each of those `wanted` cannot run here, if so.
+
+    The checks that cost something (npm install, making a certificate) run
+    only for the servers wanted.
+    """
+
+    def costly(name: str) -> bool:
+        return check and (wanted is None or name in wanted)
+
     def has_module(name: str) -> bool:
         if not check:
             return True
@@ -272,10 +284,10 @@ def server_specs(
             "ws",
             "WebSocket: Node.js and the ws package",
             lambda port: [node or "node", str(PEERS / "node_ws_server.js"), "--port", str(port)],
-            missing=node_ws_missing(node) if check else None,
+            missing=node_ws_missing(node) if costly("ws-node") else None,
         ),
     ]
-    tls = tls_files() if check else ["cert.pem", "key.pem"]
+    tls = tls_files() if costly("tls-uvloop") else ["cert.pem", "key.pem"]
     tls_peer = [python, str(PEERS / "asyncio_server.py"), "--uvloop"]
     if not isinstance(tls, str):
         tls_peer += ["--tls-cert", tls[0], "--tls-key", tls[1]]
@@ -1121,7 +1133,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench/compare.py",
         description=(__doc__ or "").split("\n\n", 1)[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="A full run (3 repetitions, 7 servers) takes about 20 minutes; --quick about 3.",
+        epilog="A full run (3 repetitions, 10 servers) takes roughly 40 minutes; --quick a few.",
     )
     parser.add_argument("--reps", type=_bounded(int, 1, 50), default=3, help="repetitions")
     parser.add_argument(
@@ -1218,7 +1230,7 @@ def main(argv: list[str]) -> int:
         pinning = "no pinning (fewer than 2 CPUs available)"
     servers: list[ServerSpec] = []
     skipped: list[str] = []
-    for spec in server_specs(args.python, variants):
+    for spec in server_specs(args.python, variants, wanted=set(wanted)):
         if spec.name not in wanted:
             continue
         why = spec.missing or preflight(spec)

@@ -13,29 +13,11 @@
 //     node bench/peers/node_ws_server.js [--host 127.0.0.1] [--port 8081]
 'use strict';
 
+const { parseArgs } = require('./args');
 const { WebSocketServer, WebSocket } = require('ws');
 
-function parseArgs(argv) {
-  const opts = { host: '127.0.0.1', port: 8081 };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if ((arg === '--host' || arg === '--port') && i + 1 < argv.length) {
-      opts[arg.slice(2)] = argv[++i];
-    } else {
-      console.error(`usage: node_ws_server.js [--host HOST] [--port PORT] (bad argument: ${arg})`);
-      process.exit(2);
-    }
-  }
-  opts.port = Number(opts.port);
-  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) {
-    console.error(`bad port: ${opts.port}`);
-    process.exit(2);
-  }
-  return opts;
-}
-
 function main() {
-  const { host, port } = parseArgs(process.argv.slice(2));
+  const { host, port } = parseArgs(process.argv.slice(2), 'node_ws_server.js', 8081);
   const wss = new WebSocketServer({ host, port, path: '/ws', perMessageDeflate: false, maxPayload: 0 });
   wss.on('connection', (socket) => {
     socket.on('message', (data, isBinary) => {
