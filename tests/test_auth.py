@@ -463,3 +463,29 @@ def test_exposure_warning_names_the_network_listeners(
 def test_exposure_warning_is_off_with_tokens(token_file: Path) -> None:
     security = Security.load(Config(token_file=str(token_file)))
     assert security.exposure_warning(["0.0.0.0:8080"]) is None
+
+
+def test_chat_mode_greets_only_after_ok(rat_server: StartServer, token_file: Path) -> None:
+    server = rat_server("--chat", "--token-file", str(token_file))
+    alice = server.connect()
+    try:
+        alice.sendall(b"AUTH s3cret-one\n")
+        ok, greeting = recv_lines(alice, 2)
+        assert ok == b"* ok\n"
+        assert greeting.startswith(b"* ") and b"#lobby" in greeting
+        alice.sendall(b"/nick alice\n")
+        assert recv_lines(alice, 1) == [b"* you are now alice\n"]
+        intruder = server.connect()
+        intruder.sendall(b"AUTH nope\nhello\n")
+        assert read_to_eof(intruder) == b"ERR auth failed\n"  # no greeting, nothing else
+        intruder.close()
+        bob = server.connect()
+        bob.sendall(b"AUTH s3cret-two\n/nick bob\nhi all\n")
+        assert recv_lines(bob, 3)[0] == b"* ok\n"
+        # Alice hears bob join and speak; of the intruder, not a word.
+        got = recv_lines(alice, 3)
+        assert got[-1] == b"<bob> hi all\n", got
+        assert not any(b"nope" in line or b"hello" in line for line in got)
+        bob.close()
+    finally:
+        alice.close()

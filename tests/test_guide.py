@@ -11,19 +11,21 @@
 - Excerpts.  A fenced block whose info string is `python excerpt FILE[:NAME]`
   quotes that code: its lines, stripped of indentation, appear in NAME's source
   consecutively and in order; a line `...` marks an elision.
-- Exercises.  A fenced block `python exercise [stopped|sigint]` runs as-is
-  against a fresh `rat serve` started with the flags of the chapter's latest
-  `rat serve` command (in a `sh` block; `ulimit -n N` there becomes the child's
-  descriptor limit), with the port in `RAT_PORT`.  The next fenced block,
-  `text expected`, is exactly what it prints.  If the block after that is
-  `text trace`, those lines appear in the server's stderr, consecutively,
-  except where a line `...` allows a gap.  Timestamps are ignored; fd numbers
-  and ports may differ from the guide's but must map one to one; `...` inside a
-  line matches any text, and `descriptor limit N` any number.
+- Exercises.  A fenced block `sh exercise [stopped|sigint]` is what the reader
+  pastes into a shell: `python3 - <<'EOF'`, the Python code, `EOF` (a
+  heredoc, never the interactive prompt).  It runs as-is, through `/bin/sh`
+  with `python3` on PATH being this interpreter, against a fresh `rat serve`
+  started with the flags of the chapter's latest `rat serve` command (in a
+  `sh` block; `ulimit -n N` there becomes the child's descriptor limit), with
+  the port in `RAT_PORT`.  The next fenced block, `text expected`, is exactly
+  what it prints.  If the block after that is `text trace`, those lines appear
+  in the server's stderr, consecutively, except where a line `...` allows a
+  gap.  Timestamps are ignored; fd numbers and ports may differ from the
+  guide's but must map one to one; `...` inside a line matches any text, and
+  `descriptor limit N` and `pid N` any number.
   `stopped`: the server is stopped (SIGSTOP, the reader's Ctrl-Z) while the
   exercise starts and continued a second later (`fg`).  `sigint`: when the
-  exercise prints a line asking for Enter, the server gets SIGINT (Ctrl-C),
-  then the exercise gets its Enter.
+  exercise prints a line asking for Ctrl-C, the server gets SIGINT.
   Each exercise also runs once on `--backend select` and must print the same.
 """
 
@@ -66,9 +68,14 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 VARIABLE = re.compile(
     r"(?P<fd>(?<=fd=)\d+|(?<=\(fd )\d+)"
     r"|(?P<port>(?<=127\.0\.0\.1:)\d+)"
-    r"|(?P<any>\.\.\.|(?<=descriptor limit )\d+)"
+    r"|(?P<any>\.\.\.|(?<=descriptor limit )\d+|(?<=pid )\d+)"
 )
 GAP = "..."
+# An exercise is a heredoc the reader pastes into a shell.
+HEREDOC_START = "python3 - <<'EOF'"
+HEREDOC_END = "EOF"
+# `python ...` as a command (a fresh Debian has only python3); fence info lines excepted.
+PYTHON_COMMAND = re.compile(r"^(?!```).*?(?<![\w/.-])python (?=\S)", re.M)
 
 
 # ------------------------------------------------------------- parsing
@@ -149,12 +156,16 @@ def exercises(path: Path) -> list[Exercise]:
     blocks = fenced_blocks(path)
     command: tuple[tuple[str, ...], int | None] | None = None
     for i, block in enumerate(blocks):
-        if block.info[:1] in (("sh",), ("console",)):
-            for line in block.body.splitlines():
-                command = serve_command(line) or command
-        if block.info[:2] != ("python", "exercise"):
+        if block.info[:2] != ("sh", "exercise"):
+            if block.info[:1] in (("sh",), ("console",)):
+                for line in block.body.splitlines():
+                    command = serve_command(line) or command
             continue
         assert command is not None, f"{block.where}: no `rat serve` command before the exercise"
+        lines = block.body.splitlines()
+        assert len(lines) > 2 and lines[0] == HEREDOC_START and lines[-1] == HEREDOC_END, (
+            f"{block.where}: an exercise is `{HEREDOC_START}`, the code, then `{HEREDOC_END}`"
+        )
         following = blocks[i + 1 : i + 3]
         assert following and following[0].info == ("text", "expected"), (
             f"{block.where}: an exercise must be followed by a `text expected` block"
@@ -365,17 +376,24 @@ def _limit_nofile(limit: int) -> Callable[[], None]:
     return apply
 
 
-def run_exercise(exercise: Exercise, server: ServerProcess) -> str:
-    """Run the exercise's code against `server`; return what it printed."""
-    env = dict(os.environ, RAT_PORT=str(server.port), PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-c", exercise.block.body]
+def run_exercise(exercise: Exercise, server: ServerProcess, bin_dir: Path) -> str:
+    """Paste the exercise into a shell, as the reader does; return what it printed.
+
+    `bin_dir` gets a `python3` that is this interpreter, first on PATH.
+    """
+    python3 = bin_dir / "python3"
+    if not python3.exists():
+        python3.symlink_to(sys.executable)
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    env = dict(os.environ, RAT_PORT=str(server.port), PYTHONUNBUFFERED="1", PATH=path)
+    argv = ["/bin/sh", "-c", exercise.block.body]
     options = exercise.options
     if "stopped" in options:
         server.signal(signal.SIGSTOP)
     try:
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -388,15 +406,12 @@ def run_exercise(exercise: Exercise, server: ServerProcess) -> str:
             server.signal(signal.SIGCONT)
     printed = ""
     if "sigint" in options:
-        assert proc.stdout is not None and proc.stdin is not None
-        while "Enter" not in printed:
+        assert proc.stdout is not None
+        while "Ctrl-C" not in printed:
             line = proc.stdout.readline()
-            assert line, f"the exercise ended without asking for Enter: {printed!r}"
+            assert line, f"the exercise ended without asking for Ctrl-C: {printed!r}"
             printed += line
         server.signal(signal.SIGINT)
-        server.wait_for_log("closing the listener")
-        proc.stdin.write("\n")
-        proc.stdin.flush()
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -411,12 +426,23 @@ def run_exercise(exercise: Exercise, server: ServerProcess) -> str:
 
 
 def test_the_guide_has_its_chapters() -> None:
-    assert len(CHAPTERS) == 7, [p.name for p in CHAPTERS]
+    assert len(CHAPTERS) >= 7, [p.name for p in CHAPTERS]
+    numbers = [int(p.name[:2]) for p in CHAPTERS]
+    assert numbers == list(range(1, len(CHAPTERS) + 1)), "chapters are numbered 01, 02, ..."
     index = (GUIDE / "README.md").read_text()
-    for chapter in CHAPTERS:
-        assert f"]({chapter.name})" in index, f"the guide's index does not link {chapter.name}"
+    listed = re.findall(r"^\d+\. \[[^]]+\]\(([^)]+)\)", index, re.M)
+    assert listed == [p.name for p in CHAPTERS], "the index lists every chapter, in order"
     readme = (ROOT / "README.md").read_text()
     assert "](docs/guide/README.md)" in readme
+
+
+@pytest.mark.parametrize("path", GUIDE_FILES, ids=lambda p: p.stem)
+def test_snippets_are_never_typed_into_the_interactive_prompt(path: Path) -> None:
+    """`python3 -` in a terminal is the REPL, where a blank line inside a block is an error."""
+    text = path.read_text()
+    bare = [m.group(0) for m in re.finditer(r"python3? -(?![\w-])(?! <<'EOF')", text)]
+    assert not bare, f"{path.name}: run snippets with {HEREDOC_START!r} or from a file: {bare}"
+    assert not PYTHON_COMMAND.search(text), f"{path.name}: say python3, not python"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
@@ -492,10 +518,12 @@ def test_the_guide_scripts_enough_exercises() -> None:
 
 
 @pytest.mark.parametrize("exercise", ALL_EXERCISES, ids=lambda ex: ex.id)
-def test_exercise_does_what_the_guide_says(rat_server: RatServer, exercise: Exercise) -> None:
+def test_exercise_does_what_the_guide_says(
+    rat_server: RatServer, exercise: Exercise, tmp_path: Path
+) -> None:
     preexec = _limit_nofile(exercise.nofile) if exercise.nofile else None
     server = rat_server(*exercise.flags, preexec=preexec)
-    printed = run_exercise(exercise, server)
+    printed = run_exercise(exercise, server, tmp_path)
     assert printed == exercise.expected, (
         f"{exercise.block.where}: the exercise printed\n{printed}\nthe guide says\n"
         f"{exercise.expected}"
@@ -517,14 +545,14 @@ def test_exercise_does_what_the_guide_says(rat_server: RatServer, exercise: Exer
 
 @pytest.mark.parametrize("exercise", ALL_EXERCISES, ids=lambda ex: ex.id)
 def test_exercise_prints_the_same_on_the_select_backend(
-    rat_server: RatServer, exercise: Exercise
+    rat_server: RatServer, exercise: Exercise, tmp_path: Path
 ) -> None:
     """Chapter 7 says the portable backend behaves the same: hold it to that."""
     if any(flag.startswith("--backend") for flag in exercise.flags):
         pytest.skip("the guide chose the backend")
     preexec = _limit_nofile(exercise.nofile) if exercise.nofile else None
     server = rat_server(*exercise.flags, "--backend", "select", preexec=preexec)
-    assert run_exercise(exercise, server) == exercise.expected
+    assert run_exercise(exercise, server, tmp_path) == exercise.expected
 
 
 def test_trace_matching_abstracts_fds_and_ports() -> None:

@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING
 
 from rat.connection import OPEN, Conn
 from rat.hub import Room
-from rat.layered import LayeredConn
 from rat.timers import Timer
 
 if TYPE_CHECKING:
@@ -127,12 +126,6 @@ def parse_auth(line: bytes) -> bytes | None:
     return token or None
 
 
-def say(conn: Conn, line: bytes) -> None:
-    """One line to `conn` alone, in its wire format (a layered one encodes it)."""
-    wire = conn.layer.encode(line) if isinstance(conn, LayeredConn) else line
-    conn.queue([wire], conn.server.loop.clock())
-
-
 class TokenGate:
     """Holds each client at the door until its `AUTH` line (see the module docstring)."""
 
@@ -177,7 +170,7 @@ class TokenGate:
             why = "wrong token" if token is not None else "no AUTH line"
             self._refuse(conn, why)
             return
-        say(conn, OK_LINE)
+        conn.send_lines(OK_LINE)  # in its wire format (a layered one encodes it)
         if conn.state != OPEN:
             return
         self.join_member(conn)

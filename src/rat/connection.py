@@ -127,7 +127,12 @@ class Conn(OutBuffer):
             self.on_writable()
 
     def on_resume(self) -> None:
-        """The read budget ran out last turn; read on (no event will come for it)."""
+        """The read budget ran out last turn; read on (no event will come for it).
+
+        The event that started this read, and whether it reported a hang-up,
+        is gone by now, so this read drains until `BlockingIOError` or EOF
+        rather than trusting a short read (see `on_readable`).
+        """
         if self.state != CLOSED:
             self.server.loop.note(f"resume     fd={self.fd} {self.addr} (read budget)")
             self.on_readable(drain=True)
@@ -146,9 +151,11 @@ class Conn(OutBuffer):
         raise no new edge, so we read on until EOF.
 
         All connections read into one buffer of the server's and copy out
-        what arrived: a fresh 256 KiB `bytes` per `recv` would cost an mmap
-        and a munmap each time, since the C library serves allocations that
-        big straight from the kernel.
+        what arrived.  `recv(256 KiB)` allocates a 256 KiB `bytes` first and
+        shrinks it to what arrived; glibc serves an allocation that big with
+        mmap, and the shrink (a realloc) unmaps it without raising glibc's
+        mmap threshold, so every such `recv` costs an mmap, an mremap and a
+        munmap (strace shows it).  One buffer costs none.
         """
         if self.state == CLOSED:
             return
@@ -213,7 +220,7 @@ class Conn(OutBuffer):
         if self.state == CLOSING:
             self.eof = True
             if not self.pending:  # nothing left to send, nothing more to read
-                self.close(self.close_reason, logged=True)
+                self.close(self.close_reason, quiet=True)
             else:
                 self.update_interest()
             return
@@ -334,6 +341,16 @@ class Conn(OutBuffer):
             else:
                 self.update_interest()  # ask for WRITABLE
 
+    def send_lines(self, block: bytes) -> None:
+        """Lines (whole, newline-terminated) for this client alone: a chat reply.
+
+        Queued behind what is already queued, like a broadcast.  Callers hand
+        over application bytes; a layered connection overrides this to encode
+        them for its wire (a WebSocket frames each line).
+        """
+        if self.state == OPEN:
+            self.queue([block], self.server.loop.clock())
+
     def drop_slow_consumer(self) -> None:
         """Its queue passed --max-pending: best-effort ERR, close."""
         log.warning(
@@ -353,6 +370,10 @@ class Conn(OutBuffer):
         if interest != self.interest:
             if interest & WRITABLE and self.timer is None and self.state == OPEN:
                 # Blocked: the write-timeout clock runs from the last progress.
+                # The timer is not cancelled when the queue drains: it fires
+                # once, sees nothing queued, and ends (`_check_progress`),
+                # which is cheaper than cancelling and re-arming it each time
+                # the client blocks for a moment.
                 timeout = self.server.limits.write_timeout
                 self.timer = self.server.loop.call_at(
                     self.last_progress + timeout, self._check_progress
@@ -428,17 +449,17 @@ class Conn(OutBuffer):
         if self.eof:
             # It sends nothing more, so closing cannot cause a reset: the
             # kernel still delivers what it holds, then a FIN.
-            self.close(self.close_reason, logged=True)
+            self.close(self.close_reason, quiet=True)
             return
         if not self.shut:
             self.shut = True
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
-                self.close(self.close_reason, logged=True)
+                self.close(self.close_reason, quiet=True)
                 return
         if unacked_bytes(self.sock) == 0:
-            self.close(self.close_reason, logged=True)
+            self.close(self.close_reason, quiet=True)
             return
         loop = self.server.loop
         loop.cancel(self.timer)
@@ -455,7 +476,7 @@ class Conn(OutBuffer):
             self.abort(self.close_reason)
             return
         if self.shut and unacked_bytes(self.sock) == 0:
-            self.close(self.close_reason, logged=True)
+            self.close(self.close_reason, quiet=True)
             return
         if self.shut:
             # Look again, less often the longer the peer has been silent.
@@ -482,10 +503,14 @@ class Conn(OutBuffer):
             dropped += self.pending - sent
         if dropped:
             self.server.on_dropped(self, dropped)
-        self.close(reason, logged=self.state == CLOSING)
+        self.close(reason, quiet=self.state == CLOSING)
 
-    def close(self, reason: str, logged: bool = False) -> None:
-        """Close the socket now and forget the connection."""
+    def close(self, reason: str, quiet: bool = False) -> None:
+        """Close the socket now and forget the connection.
+
+        `quiet`: the disconnect was already logged (or is not worth a line),
+        so no debug "disconnect" line is written for it.
+        """
         if self.state == CLOSED:
             return
         if self.state == OPEN:
@@ -498,7 +523,7 @@ class Conn(OutBuffer):
         self.timer = None
         loop.remove(self.fd, self)
         self.sock.close()
-        server.on_closed(self, logged)
+        server.on_closed(self, quiet)
 
 
 class UnixConn(Conn):

@@ -368,7 +368,7 @@ class Server:
             self._stop_dropped[0] += dropped
             self._stop_dropped[1] += 1
 
-    def on_closed(self, conn: Conn, logged: bool) -> None:
+    def on_closed(self, conn: Conn, quiet: bool) -> None:
         """`conn`'s socket is closed: forget it."""
         self.clients -= 1
         was_half_closed = conn in self.half_closed
@@ -379,7 +379,7 @@ class Server:
             # It had closed its side, and now a send or a probe found it gone.
             reason = conn.close_reason = "eof"
         self.counters.closed[reason] = self.counters.closed.get(reason, 0) + 1
-        if not logged and log.isEnabledFor(logging.DEBUG):
+        if not quiet and log.isEnabledFor(logging.DEBUG):
             if reason == "eof":
                 log.debug("disconnect %s: left (it had closed its side; now gone)", conn.addr)
             else:
@@ -401,7 +401,10 @@ class Server:
         self._deliver_now()
 
     def _end_hold(self) -> None:
-        self._hold_timer = None  # the turn's end, right after the timers, delivers
+        """The hold is over.  Nothing to do here: the timer's only job was to
+        wake the loop, and every turn ends with `deliver`, which now finds
+        the window closed and sends."""
+        self._hold_timer = None
 
     def _deliver_now(self) -> None:
         now = self.loop.clock()
@@ -435,7 +438,13 @@ class Server:
                 if tracing:
                     conn.note_short_send(sent, size)
                 conn.last_progress = now  # the write-timeout clock starts now
-                conn.append(memoryview(data)[sent:] if sent else data)
+                # The whole turn, its sent part marked as sent (not a slice
+                # of the rest): the queue must know that its first line is
+                # partly on the wire, so that a cut finishes that line
+                # before an ERR (OutBuffer.cut_to_line_end).
+                conn.append(data)
+                if sent:
+                    conn.advance(sent)
                 if conn.over_limit:
                     conn.drop_slow_consumer()
                 else:
@@ -514,11 +523,11 @@ class Server:
             last = self._last_counts
             self._last_counts = counts
             log.debug(
-                "turn %d: %d accepted, %d bytes read, %d lines in, %d line deliveries; %s",
+                "turn %d: %d accepted, %s read, %s in, %s; %s",
                 self.loop.turns,
                 counts[0] - last[0],
-                counts[1] - last[1],
-                counts[2] - last[2],
-                counts[3] - last[3],
+                plural(counts[1] - last[1], "byte"),
+                plural(counts[2] - last[2], "line"),
+                plural(counts[3] - last[3], "line delivery", "line deliveries"),
                 self.describe_clients(),
             )
