@@ -1,35 +1,25 @@
 #!/usr/bin/env python3
 """What TLS costs rat: the load generator's scenarios over TLS, rat against uvloop.
 
-`rat bench` speaks the line protocol in the clear.  To drive a TLS server
-with it, every generator connection goes through `stunnel` in client mode
-(one TLS connection per generator connection), so the generator, its checks
-and its server-CPU measurement (`--server-pid`) stay exactly the ones used
-for the plain figures; stunnel's own CPU is the client side's and is not
-counted.  Each server runs alone, on loopback, one after the other.
+The generator (`rat bench`, with `--tls` for the TLS servers) drives each
+server alone on loopback, one after the other, and measures the server's
+CPU time (`--server-pid`).  Servers: `rat` (plain TCP), `rat-tls`
+(`--tls-cert/--tls-key`), and bench/peers/asyncio_server.py on uvloop, plain
+(`uvloop`) and with an ssl context (`uvloop-tls`), the way a competent
+asyncio user adds TLS.  Needs `openssl` (for the certificate) and uvloop (the
+`bench` extra).  Prints one line per run and the medians.
 
     python3 scripts/tls_bench.py                      # chat-2k and fanout-100, 3 reps
     python3 scripts/tls_bench.py --reps 1 --duration 2 --scenario fanout-100
-
-Servers: `rat` (plain TCP), `rat-tls` (--tls-cert/--tls-key), and the
-asyncio peer of bench/peers/asyncio_server.py on uvloop, plain
-(`uvloop`) and with `ssl=` on `create_server` (`uvloop-tls`), the way a
-competent asyncio user adds TLS.  Needs `stunnel4` and `openssl` (Debian
-packages) and uvloop (the `bench` extra).  Prints one line per run and a
-median summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib.util
 import json
 import os
 import re
 import signal
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -59,13 +49,6 @@ def make_certificate(where: Path) -> tuple[str, str]:
     return cert, key
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_listening(proc: subprocess.Popen[bytes], log: Path) -> int:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -88,40 +71,13 @@ def start_server(
         if kind == "rat-tls":
             cmd += ["--tls-cert", cert, "--tls-key", key]
     else:
-        cmd = [python, __file__, "peer", "--port", "0"]
+        cmd = [python, str(ROOT / "bench/peers/asyncio_server.py"), "--uvloop", "--port", "0"]
         if kind == "uvloop-tls":
-            cmd += ["--cert", cert, "--key", key]
+            cmd += ["--tls-cert", cert, "--tls-key", key]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out, env=env)
     return proc, wait_listening(proc, log)
-
-
-def start_tunnel(server_port: int, where: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """stunnel in client mode: plain on a local port -> TLS to the server."""
-    port = free_port()
-    conf = where / f"stunnel-{port}.conf"
-    conf.write_text(
-        "foreground = yes\n"
-        f"output = {where / 'stunnel.log'}\n"
-        "debug = 3\n"
-        "[rat]\n"
-        "client = yes\n"
-        f"accept = 127.0.0.1:{port}\n"
-        f"connect = 127.0.0.1:{server_port}\n"
-        "verifyChain = no\n"
-    )
-    proc = subprocess.Popen(["stunnel4", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("stunnel did not start")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -136,20 +92,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def run_once(kind: str, scenario: str, duration: float, *, cert: str, key: str, where: Path) -> Any:
     server, port = start_server(kind, cert, key, where)
-    tunnel = None
     try:
-        if kind.endswith("-tls"):
-            tunnel, port = start_tunnel(port, where)
         cmd = [sys.executable, "-m", "rat", "bench", *SCENARIOS[scenario], "--port", str(port),
-               "--server-pid", str(server.pid), "--duration", str(duration), "--json"]  # fmt: skip
+               "--server-pid", str(server.pid), "--duration", str(duration), "--json",
+               "--no-progress", *(["--tls"] if kind.endswith("-tls") else [])]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         out = subprocess.run(cmd, capture_output=True, env=env, timeout=120, check=False)
         if out.returncode not in (0, 1):
             raise RuntimeError(f"bench failed: {out.stderr.decode(errors='replace')}")
         return json.loads(out.stdout)
     finally:
-        if tunnel is not None:
-            stop(tunnel)
         stop(server)
 
 
@@ -183,58 +135,13 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- the peer
-
-
-def peer(args: argparse.Namespace) -> int:
-    """bench/peers/asyncio_server.py's Relay on uvloop, with TLS if given a certificate."""
-    spec = importlib.util.spec_from_file_location("peer", ROOT / "bench/peers/asyncio_server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    context = None
-    if args.cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.cert, args.key)
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        clients: set[Any] = set()
-        server = await loop.create_server(
-            lambda: module.Relay(clients), "127.0.0.1", args.port, backlog=1024, ssl=context
-        )
-        port = server.sockets[0].getsockname()[1]
-        print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-        done = loop.create_future()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, done.set_result, None)
-        await done
-        server.close()
-
-    import uvloop  # noqa: PLC0415 (the bench extra)
-
-    uvloop.run(serve())
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    commands = parser.add_subparsers(dest="command")
-    run = commands.add_parser("run", help="the comparison (default)")
-    run.add_argument("--reps", type=int, default=3)
-    run.add_argument("--duration", type=float, default=2.0)
-    run.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
-    run.add_argument("--server", action="append", choices=SERVERS)
-    p = commands.add_parser("peer", help="run the uvloop peer (used by run)")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--cert")
-    p.add_argument("--key")
-    argv = sys.argv[1:]
-    if not argv or argv[0] not in ("run", "peer", "-h", "--help"):
-        argv = ["run", *argv]
-    args = parser.parse_args(argv)
-    if args.command == "peer":
-        return peer(args)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=2.0)
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument("--server", action="append", choices=SERVERS)
+    args = parser.parse_args()
     args.scenario = args.scenario or list(SCENARIOS)
     args.server = args.server or list(SERVERS)
     return bench(args)
