@@ -387,7 +387,13 @@ class Server:
                 if tracing:
                     conn.note_short_send(sent, size)
                 conn.last_progress = now  # the write-timeout clock starts now
-                conn.append(memoryview(data)[sent:] if sent else data)
+                # Queue the whole turn and skip what the kernel took: the
+                # queue must know that its stream is inside a line, so that
+                # a cut (slow consumer, stop) finishes that line instead of
+                # ending the stream in the middle of it.
+                conn.append(data)
+                if sent:
+                    conn.advance(sent)
                 if conn.over_limit:
                     conn.drop_slow_consumer()
                 else:
