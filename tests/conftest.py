@@ -4,6 +4,13 @@
 the `listening on HOST:PORT` line and returns a `ServerProcess`.  Every server a
 test starts is stopped by PID when the test ends.  Parametrising with
 `backend` runs a test against both poller backends.
+
+The subprocesses run the sources in this checkout's `src/`.  To run the same
+subprocess tests against another checkout (to show that a test fails on the
+code before a fix), point `TESTS_RAT_SRC` at that checkout's `src` directory:
+
+    git -C . archive 95f8c48 | tar -x -C /tmp/old-rat
+    TESTS_RAT_SRC=/tmp/old-rat/src .venv/bin/pytest tests/test_fixes.py
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(os.environ.get("TESTS_RAT_SRC") or Path(__file__).resolve().parent.parent / "src")
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
+STARTUP_TIMEOUT = 15.0  # seconds for `rat serve` to print its `listening on` line
 
 
 def terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -59,23 +67,34 @@ class ServerProcess:
         self._lock = threading.Lock()
         self.host = "127.0.0.1"
         self.port = 0
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self._lines.append(line)
-            m = LISTENING.search(line)
-            if m:
-                self.host, self.port = m.group(1).decode(), int(m.group(2))
-                break
-        if not self.port:
-            self.proc.kill()
-            rest = self.proc.stderr.read()
-            raise RuntimeError(f"rat did not start: {b''.join(self._lines) + rest!r}")
+        self.listening = ""  # the `listening on ...` line
+        # stderr is read by a thread from the start, so that a server that never
+        # prints the listening line (or wedges) fails the test after the
+        # timeout instead of blocking this process in readline() forever.
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = next((line for line in self._lines if LISTENING.search(line)), None)
+            if found is not None:
+                m = LISTENING.search(found)
+                assert m is not None
+                # `[::1]` in the log is `::1` to connect().
+                self.host = m.group(1).decode().strip("[]")
+                self.port = int(m.group(2))
+                self.listening = found.decode(errors="replace").strip()
+                break
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.01)
+        if not self.port:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+            raise RuntimeError(f"rat did not start: {self.stderr!r}")
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
