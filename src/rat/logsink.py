@@ -86,7 +86,8 @@ class LogSink(logging.Handler):
                 return
             del self._pending[:written]
             if not self._pending and self.dropped:
-                note = f"log: {self.dropped} lines dropped (the log output was not draining)\n"
+                lines = "1 line" if self.dropped == 1 else f"{self.dropped} lines"
+                note = f"log: {lines} dropped (the log output was not draining)\n"
                 self.dropped = 0
                 self._pending += note.encode()
 
