@@ -307,6 +307,9 @@ def test_a_stop_that_drops_output_ends_streams_on_a_line_boundary(
     assert got.endswith(b"\n"), f"the stream ends inside a line: ...{got[-40:]!r}"
     dropped = re.search(r"dropp\w* (\d+) queued bytes for 1 client\b", server.stderr)
     assert dropped, server.stderr
+    # The count is exact: what the client did not get is what the stop dropped.
+    total = re.search(r"stop dropped (\d+) queued bytes", server.stderr)
+    assert total and int(total.group(1)) == len(sent) - len(got), server.stderr
     assert_no_traceback(server)
 
 

@@ -48,6 +48,17 @@ def read_all(fd: int) -> bytes:
         out += chunk
 
 
+def drain_sink(sink: LogSink, fd: int) -> bytes:
+    """Read the pipe and let the sink retry until it has reported its losses."""
+    got = bytearray()
+    for _ in range(100):
+        got += read_all(fd)
+        sink.retry()
+        if b"dropped" in got:
+            break
+    return bytes(got + read_all(fd))
+
+
 def record(text: str) -> logging.LogRecord:
     return logging.LogRecord("rat", logging.INFO, __file__, 0, text, (), None)
 
@@ -71,14 +82,7 @@ def test_a_full_pipe_costs_lines_not_time(pipe: tuple[int, int]) -> None:
     dropped = sink.dropped
 
     # Drained, the sink writes what waited, in order, then the count of lost lines.
-    got = bytearray()
-    for _ in range(100):
-        got += read_all(r)
-        sink.retry()
-        if b"dropped" in got:
-            break
-    got += read_all(r)
-    lines = bytes(got).splitlines()
+    lines = drain_sink(sink, r).splitlines()
     numbers = [int(line[:4]) for line in lines[:-1]]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     assert len(numbers) + dropped == 2000
@@ -95,12 +99,7 @@ def test_one_dropped_line_is_reported_in_the_singular(pipe: tuple[int, int]) -> 
         sink.handle(record("b" * 50))
     sink.handle(record("d" * 60))  # cannot fit: dropped
     assert sink.dropped == 1
-    got = bytearray()
-    for _ in range(100):
-        got += read_all(r)
-        sink.retry()
-        if b"dropped" in got:
-            break
+    got = drain_sink(sink, r)
     assert re.search(rb"log: 1 line dropped \(", got), bytes(got[-100:])
     sink.close()
 
