@@ -33,7 +33,7 @@ from rat.config import (
     Config,
     Limits,
 )
-from rat.logsink import announce, install
+from rat.logsink import announce, install, keep_draining
 from rat.net import open_listeners, raise_nofile_limit
 from rat.poller import make_poller
 from rat.server import Server
@@ -283,7 +283,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def serve(config: Config) -> int:
-    install(getattr(logging, config.log_level.upper()))
+    sink = install(getattr(logging, config.log_level.upper()))
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
@@ -305,6 +305,7 @@ def serve(config: Config) -> int:
         return 1
     nofile = raise_nofile_limit()
     server = _server_class(config)(listeners, poller, config)
+    keep_draining(sink, server.loop.call_later)  # a stalled log catches up on its own
 
     def ready() -> None:
         details = [f"pid {os.getpid()}", f"backend {poller.name}", f"descriptor limit {nofile}"]
