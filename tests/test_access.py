@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import ServerProcess, assert_silent, read_to_eof, recv_lines, sync_clients
+from conftest import ServerProcess, assert_silent, read_until_eof, recv_lines, sync_clients
 from rat.access import AddressRules, normalize, parse_network
 from test_integration import run_cli
 
@@ -141,7 +141,7 @@ def test_denied_client_is_closed_before_it_can_send_or_receive(
             pass  # closed already: fine
         a.sendall(b"broadcast while it knocks\n")
         assert recv_lines(b, 1) == [b"broadcast while it knocks\n"]
-        assert read_to_eof(denied) == b""
+        assert read_until_eof(denied) == b""
         assert_silent(a)  # nothing of the denied client's was relayed
         assert_silent(b, wait=0.05)
         denied.close()
@@ -162,7 +162,7 @@ def test_allow_list_admits_only_its_networks(rat_server: StartServer) -> None:
     outsider.settimeout(5)
     try:
         outsider.connect((server.host, server.port))
-        assert read_to_eof(outsider) == b""
+        assert read_until_eof(outsider) == b""
         b = server.connect()
         sync_clients(server, [a, b])
         a.sendall(b"allowed\n")
@@ -192,5 +192,5 @@ def test_rules_from_the_environment_take_a_list(
         sock.bind((source, 0))
         sock.settimeout(5)
         sock.connect((server.host, server.port))
-        assert read_to_eof(sock) == b""
+        assert read_until_eof(sock) == b""
         sock.close()

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rat.auth
-from conftest import ServerProcess, assert_silent, read_to_eof, recv_lines
+from conftest import ServerProcess, assert_silent, read_until_eof, recv_lines
 from rat.auth import AUTH_TIMEOUT, TokenFileError, TokenGate, Tokens, parse_auth, read_tokens
 from rat.config import Config
 from rat.net import open_listeners
@@ -323,7 +323,7 @@ def test_wrong_or_missing_token_gets_err_and_close_and_nothing_is_relayed(
         sync(server, [member])
         intruder = server.connect()
         intruder.sendall(first + b"and a line behind it\n")
-        assert read_to_eof(intruder) == b"ERR auth failed\n"
+        assert read_until_eof(intruder) == b"ERR auth failed\n"
         intruder.close()
         assert_silent(member)
     finally:
@@ -381,7 +381,7 @@ def test_sighup_rereads_the_token_file(rat_server: StartServer, token_file: Path
         server.wait_for_log(r"tokens reloaded from .* \(1 tokens\)")
         old = server.connect()
         old.sendall(b"AUTH s3cret-one\n")
-        assert read_to_eof(old) == b"ERR auth failed\n"
+        assert read_until_eof(old) == b"ERR auth failed\n"
         old.close()
         fresh = authed(server, b"fresh-token")
         token_file.write_text("")
@@ -432,7 +432,7 @@ def test_tls_client_authenticates_inside_tls(
             socks.append(sock)
             sock.sendall(b"AUTH " + token + b"\n")
         assert recv_lines(socks[0], 1) == [b"* ok\n"]
-        assert read_to_eof(socks[1]) == b"ERR auth failed\n"
+        assert read_until_eof(socks[1]) == b"ERR auth failed\n"
     finally:
         for sock in socks:
             sock.close()
@@ -477,7 +477,7 @@ def test_chat_mode_greets_only_after_ok(rat_server: StartServer, token_file: Pat
         assert recv_lines(alice, 1) == [b"* you are now alice\n"]
         intruder = server.connect()
         intruder.sendall(b"AUTH nope\nhello\n")
-        assert read_to_eof(intruder) == b"ERR auth failed\n"  # no greeting, nothing else
+        assert read_until_eof(intruder) == b"ERR auth failed\n"  # no greeting, nothing else
         intruder.close()
         bob = server.connect()
         bob.sendall(b"AUTH s3cret-two\n/nick bob\nhi all\n")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import ServerProcess, assert_silent, read_to_eof, recv_lines
+from conftest import ServerProcess, assert_silent, read_until_eof, recv_lines
 from transport import TLSMaterial
 
 StartServer = Callable[..., ServerProcess]
@@ -105,7 +105,7 @@ def test_dual_stack_rules_judge_mapped_ipv4_as_ipv4(serve: StartServer) -> None:
     v6 = connect("::1", port)
     denied = connect("127.0.0.1", port)  # seen as ::ffff:127.0.0.1
     try:
-        assert read_to_eof(denied) == b""
+        assert read_until_eof(denied) == b""
         probe = connect("::1", port)
         sync(probe, [v6])
         probe.close()
@@ -123,7 +123,7 @@ def test_ipv6_rule_on_ipv6_client(serve: StartServer) -> None:
     port = port_of(server)
     sock = connect("::1", port)
     try:
-        assert read_to_eof(sock) == b""
+        assert read_until_eof(sock) == b""
     finally:
         sock.close()
 

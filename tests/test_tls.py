@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import ServerProcess, assert_silent, read_to_eof, recv_lines
+from conftest import ServerProcess, assert_silent, read_until_eof, recv_lines
 from test_integration import run_cli
 from transport import TLSMaterial
 
@@ -181,7 +181,7 @@ def test_client_stalled_mid_handshake_is_closed_after_10s_and_costs_no_cpu(
         time.sleep(0.5)
         before = cpu_seconds(server.proc.pid)
         started = time.monotonic()
-        results = [read_to_eof(sock, timeout=20) for sock in stalled]
+        results = [read_until_eof(sock, timeout=20) for sock in stalled]
         waited = time.monotonic() - started
         used = cpu_seconds(server.proc.pid) - before
     finally:
@@ -214,7 +214,7 @@ def test_not_tls_is_closed_quietly(
     try:
         sync_all(member, [])
         bad.sendall(garbage)
-        answer = read_to_eof(bad)
+        answer = read_until_eof(bad)
         assert answer == b"" or answer.startswith(b"\x15\x03")  # at most a TLS alert
         member.sendall(b"still fine\n")
         assert_silent(member, wait=0.05)  # no echo: the server is alive and quiet

@@ -33,7 +33,7 @@ from rat.config import (
     Config,
     Limits,
 )
-from rat.logsink import announce, install
+from rat.logsink import announce, install, keep_draining
 from rat.net import open_listeners, raise_nofile_limit
 from rat.poller import make_poller
 from rat.server import Server
@@ -357,7 +357,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def serve(config: Config) -> int:
-    install(getattr(logging, config.log_level.upper()))
+    sink = install(getattr(logging, config.log_level.upper()))
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
@@ -402,6 +402,7 @@ def serve(config: Config) -> int:
     # ---- end of security and reach
     nofile = raise_nofile_limit()
     server = _server_class(config)(listeners, poller, config)
+    keep_draining(sink, server.loop.call_later)  # a stalled log catches up on its own
     security.install(server, line_listeners)  # ---- security and reach
 
     def ready() -> None:
