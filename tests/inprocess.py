@@ -21,21 +21,29 @@ turns the client's lines into wire bytes and back).  Plain TCP is the
 identity.  A TLS or WebSocket transport adds its own listener (its own
 connection factory, through `Server.listen`) and a codec that wraps an
 `ssl.SSLObject` or a wsproto client; register it in `TRANSPORTS` and every
-contract test runs over it too.
+contract test runs over it too.  `TLSTransport` is the first: rat's own TLS
+connection factory on the server side, an `SSLObject` client on the other.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import socket
+import ssl
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+import trustme
 
 from rat.config import Config
 from rat.connection import Conn
 from rat.net import format_addr, open_listeners
 from rat.poller import WRITABLE, Event, Poller, make_poller
 from rat.server import Server
+from rat.tls import Certificates, tls_line_factory
 
 
 class Clock:
@@ -218,7 +226,96 @@ def connect_socket(address: tuple[str, int], rcvbuf: int | None) -> socket.socke
     return sock
 
 
-TRANSPORTS: dict[str, Callable[[], Transport]] = {"plain": PlainTransport}
+class TLSCodec(Codec):
+    """The client side of TLS: an `ssl.SSLObject` over memory buffers.
+
+    Lines the test sends before the handshake is done wait here and go out
+    right behind the client's Finished, as a real client's first write would.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self._in, self._out, server_hostname="localhost")
+        self.ready = False
+        self._early = bytearray()
+        self._handshake()
+
+    def _handshake(self) -> None:
+        if self.ready:
+            return
+        try:
+            self.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            return
+        self.ready = True
+        if self._early:
+            self.obj.write(bytes(self._early))
+            self._early.clear()
+
+    def outgoing(self) -> bytes:
+        self._handshake()
+        return self._out.read()
+
+    def encode(self, app: bytes) -> bytes:
+        if not self.ready:
+            self._early += app
+            return b""
+        self.obj.write(app)
+        return self._out.read()
+
+    def decode(self, wire: bytes) -> bytes:
+        """All the plaintext `wire` completes (nothing left inside OpenSSL)."""
+        self._in.write(wire)
+        self._handshake()
+        plain = bytearray()
+        while self.ready:
+            try:
+                data = self.obj.read(1 << 16)
+            except ssl.SSLWantReadError:
+                break
+            if not data:  # close_notify
+                break
+            plain += data
+        return bytes(plain)
+
+
+class TLSTransport:
+    """Line clients over TLS (`--tls-cert/--tls-key`): a `TLSLayer` per connection."""
+
+    name = "tls"
+    _material: tuple[trustme.CA, str, str] | None = None  # made once per test run
+
+    @classmethod
+    def material(cls) -> tuple[trustme.CA, str, str]:
+        if cls._material is None:
+            ca = trustme.CA()
+            cert = ca.issue_cert("localhost", "127.0.0.1")
+            folder = tempfile.mkdtemp(prefix="rat-contract-tls-")
+            atexit.register(shutil.rmtree, folder, True)
+            cert_path, key_path = f"{folder}/cert.pem", f"{folder}/key.pem"
+            cert.cert_chain_pems[0].write_to_path(cert_path)
+            cert.private_key_pem.write_to_path(key_path)
+            cls._material = (ca, cert_path, key_path)
+        return cls._material
+
+    def __init__(self) -> None:
+        ca, cert, key = self.material()
+        self.certificates = Certificates(cert, key)
+        self.client_context = ssl.create_default_context()
+        ca.configure_trust(self.client_context)
+
+    def listen(self, server: Server) -> tuple[str, int]:
+        socks = open_listeners("127.0.0.1", 0)
+        server.listen(socks, tls_line_factory(self.certificates))
+        host, port = socks[0].getsockname()[:2]
+        return str(host), int(port)
+
+    def connect(self, address: tuple[str, int], rcvbuf: int | None) -> Peer:
+        return Peer(connect_socket(address, rcvbuf), TLSCodec(self.client_context))
+
+
+TRANSPORTS: dict[str, Callable[[], Transport]] = {"plain": PlainTransport, "tls": TLSTransport}
 
 
 class Harness:

@@ -60,6 +60,11 @@ class Layer:
 
     name = "layer"  # the transport name in logs and metrics ("ws", "tls", ...)
     handshake_timeout: float | None = 10.0  # seconds to become `ready` (None: no limit)
+    # True when each wire byte depends on every byte before it (TLS seals each
+    # record with the next sequence number): queued wire bytes can then never
+    # be dropped, so the connection keeps its backlog in the clear instead
+    # (see LayeredConn, "Backlogs").
+    seals = False
 
     @property
     def ready(self) -> bool:
@@ -125,6 +130,10 @@ class Stack(Layer):
         return None if outer is None or inner is None else max(outer, inner)
 
     @property
+    def seals(self) -> bool:  # type: ignore[override]
+        return self.outer.seals or self.inner.seals
+
+    @property
     def ready(self) -> bool:
         return self.outer.ready and self.inner.ready
 
@@ -155,15 +164,36 @@ class Stack(Layer):
 
 
 class LayeredConn(Conn):
-    """A connection whose wire bytes pass through a `Layer`."""
+    """A connection whose wire bytes pass through a `Layer`.
 
-    __slots__ = ("layer",)
+    Backlogs
+    --------
+    Its queue holds wire bytes, and a cut (a slow consumer, a stop out of
+    time) drops whole queued units (frames), never part of one.  That is
+    wrong for a layer that `seals` (TLS): every record is encrypted with the
+    next sequence number, so a client that misses one record can decrypt
+    nothing after it, not even the `ERR` line that explains the cut.  So a
+    sealing connection encrypts only while its queue is empty; behind a
+    backlog its lines wait in the clear (`held`) and are encrypted, all at
+    once, when the queue drains.  A cut then drops what is held (whole
+    lines) and keeps every byte of ciphertext, which is at most about one
+    turn.  `--max-pending` counts both.
+    """
+
+    __slots__ = ("held", "layer")
 
     layered = True
 
     def __init__(self, server: Server, sock: socket.socket, addr: str, layer: Layer) -> None:
         super().__init__(server, sock, addr)
         self.layer = layer
+        self.held: bytearray | None = None  # a sealing layer's backlog, in the clear
+
+    @property
+    def over_limit(self) -> bool:
+        """Wire bytes queued plus lines held in the clear exceed --max-pending."""
+        held = self.held
+        return self.pending + (len(held) if held else 0) > self.limit
 
     @property
     def transport(self) -> str:  # type: ignore[override]
@@ -233,8 +263,40 @@ class LayeredConn(Conn):
             self.queue([wire], self.server.loop.clock())
 
     def cut_queue(self) -> int:
-        """Wire bytes are cut between chunks (frames, records), never inside one."""
-        return self.cut_to_chunk_end()
+        """Wire bytes are cut between chunks (frames), never inside one.
+
+        A sealing layer keeps all its ciphertext (see "Backlogs") and drops
+        what is held in the clear.
+        """
+        if not self.layer.seals:
+            return self.cut_to_chunk_end()
+        dropped = len(self.held) if self.held else 0
+        self.held = None
+        return dropped
+
+    def _hold(self, data: bytes) -> None:
+        """Behind a backlog, a sealing layer's lines wait in the clear (see "Backlogs")."""
+        if self.held is None:
+            self.held = bytearray()
+        self.held += data
+        if self.over_limit:
+            self.drop_slow_consumer()
+
+    def _release_held(self) -> None:
+        """Encrypt what was held, in one piece, behind the queue."""
+        held = self.held
+        self.held = None
+        if held:
+            if not self.pending:
+                self.last_progress = self.server.loop.clock()
+            self.append(self.layer.encode(bytes(held)))
+
+    def flush(self) -> None:
+        """Send what is queued; once it is all out, what was held goes next."""
+        super().flush()
+        while self.held and not self.pending and self.state == OPEN:
+            self._release_held()
+            super().flush()
 
     def deliver_turn(self, turn: Turn, now: float) -> None:
         """This turn's lines, encoded for this peer, sent now (queued only if blocked).
@@ -245,19 +307,36 @@ class LayeredConn(Conn):
         if self.state != OPEN:
             return
         own = None if turn.echo else turn.own.get(self)
+        layer = self.layer
+        held = layer.seals and self.pending  # behind a backlog: keep it in the clear
         if own is None:
-            wire = self.layer.encode_turn(turn)
             lines = turn.lines
+            if held:
+                self.server.counters.deliveries += lines
+                self._hold(turn.data)
+                return
+            wire = layer.encode_turn(turn)
         else:
             chunks, lines = turn.chunks_for(self)
-            wire = self.layer.encode(b"".join(chunks)) if chunks else b""
+            if not chunks:
+                return
+            data = b"".join(chunks)
+            if held:
+                self.server.counters.deliveries += lines
+                self._hold(data)
+                return
+            wire = layer.encode(data)
         if wire:
             self.server.counters.deliveries += lines
             self.send_now([wire], now)
 
     def send_lines(self, block: bytes) -> None:
         """Lines for this client alone (a chat reply), encoded by the layer."""
-        if self.state == OPEN:
+        if self.state != OPEN:
+            return
+        if self.layer.seals and self.pending:
+            self._hold(block)
+        else:
             self.queue([self.layer.encode(block)], self.server.loop.clock())
 
     def close_gracefully(
@@ -270,4 +349,6 @@ class LayeredConn(Conn):
         """As for a plain connection, with the message and the close in the layer's terms."""
         if self.state != OPEN:
             return
+        if self.held and not drop_queue:
+            self._release_held()  # the backlog goes out before the goodbye, in order
         super().close_gracefully(reason, self.layer.farewell(message, reason), linger, drop_queue)

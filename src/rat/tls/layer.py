@@ -58,6 +58,7 @@ class TLSLayer(Layer):
 
     name = "tls"
     handshake_timeout = 10.0
+    seals = True  # records carry sequence numbers: ciphertext is never dropped
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._incoming = ssl.MemoryBIO()
