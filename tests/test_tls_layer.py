@@ -501,3 +501,10 @@ def test_reload_swaps_the_context_and_a_bad_reload_keeps_the_old_one(
     cert_path.write_text("broken\n")
     assert not certificates.reload()
     assert certificates.context is current
+
+
+def test_tls_seals_and_so_does_a_stack_over_it(server_context: ssl.SSLContext) -> None:
+    """A sealing layer's queued bytes can never be dropped (LayeredConn, "Backlogs")."""
+    assert TLSLayer(server_context).seals
+    assert not Brackets().seals
+    assert Stack(TLSLayer(server_context), Brackets()).seals
