@@ -39,16 +39,24 @@ log = logging.getLogger("rat")
 
 
 class LayerError(Exception):
-    """The peer broke the layer's protocol; `reason` names it (a metrics label)."""
+    """The peer broke the layer's protocol; `reason` names it (a metrics label).
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    `accepted` holds application bytes (whole lines) that the same input
+    completed before the violation: they are the peer's good lines and are
+    still relayed, as for a TCP line that is too long.
+    """
+
+    def __init__(self, reason: str, detail: str = "", accepted: bytes = b"") -> None:
         super().__init__(detail or reason)
         self.reason = reason
         self.detail = detail or reason
+        self.accepted = accepted
 
 
 class Layer:
     """The interface a sans-IO protocol layer offers `LayeredConn` (subclass it)."""
+
+    __slots__ = ()  # so that a slotted layer stays small (one exists per connection)
 
     name = "layer"  # the transport name in logs and metrics ("ws", "tls", ...)
     handshake_timeout: float | None = 10.0  # seconds to become `ready` (None: no limit)
@@ -124,6 +132,8 @@ class LayeredConn(Conn):
             app = self.layer.receive(data)
         except LayerError as err:
             log.info("disconnect %s: %s (%s)", self.addr, err.reason.replace("_", " "), err.detail)
+            if err.accepted and self.room is not None:
+                super().received(err.accepted)
             self._send_layer_output()
             self.close_gracefully(err.reason)
             return
