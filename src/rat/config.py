@@ -48,3 +48,7 @@ class Config:
     backlog: int = 0  # listen() backlog; 0: the system's somaxconn
     coalesce_ms: float = DEFAULT_COALESCE_MS
     limits: Limits = field(default_factory=Limits)
+    # --web [HOST:]PORT: the HTTP/WebSocket listener (rat.web); None: off.
+    # An empty host means the same host as the TCP listener.
+    web: tuple[str, int] | None = None
+    web_origins: tuple[str, ...] = ()  # --web-origin: other pages allowed to connect
