@@ -141,12 +141,23 @@ def content_policy(page: bytes) -> str:
 class HttpExchange:
     """One request on a new web connection: its response, or its upgrade."""
 
-    __slots__ = ("_h11", "_request", "detail", "done", "leftover", "refusal", "site", "upgraded")
+    __slots__ = (
+        "_h11",
+        "_received",
+        "_request",
+        "detail",
+        "done",
+        "leftover",
+        "refusal",
+        "site",
+        "upgraded",
+    )
 
     def __init__(self, site: WebSite) -> None:
         self.site = site
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_LIMIT)
         self._request: h11.Request | None = None
+        self._received = 0  # bytes fed so far
         self.done = False  # answered: close once the response is sent
         self.upgraded = False  # answered with 101: the connection is a WebSocket now
         self.leftover = b""  # bytes that followed an upgrade request (WebSocket frames)
@@ -157,6 +168,7 @@ class HttpExchange:
         """Request bytes in; response bytes out (b"" while the request is incomplete)."""
         conn = self._h11
         conn.receive_data(data)
+        self._received += len(data)
         while not self.done and not self.upgraded:
             try:
                 event = conn.next_event()
@@ -168,6 +180,11 @@ class HttpExchange:
                 return b""
             if isinstance(event, h11.Request):
                 self._request = event
+                # h11 limits a head that arrives in pieces; this one came whole.
+                head = self._received - len(conn.trailing_data[0])
+                if head > HEADER_LIMIT:
+                    detail = f"request head of {head} bytes (limit {HEADER_LIMIT})"
+                    return self._refuse("header_too_large", 431, detail)
             elif isinstance(event, h11.EndOfMessage):
                 return self._answer()
             elif isinstance(event, h11.ConnectionClosed):
