@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from rat.connection import CLOSED, LINGER_SECONDS, OPEN, Conn
 from rat.hub import Turn
+from rat.net import close_reason
 
 if TYPE_CHECKING:
     from rat.server import Server
@@ -165,7 +166,12 @@ class LayeredConn(Conn):
         return self.cut_to_chunk_end()
 
     def deliver_turn(self, turn: Turn, now: float) -> None:
-        """This turn's lines, encoded for this peer, queued and (unless blocked) sent."""
+        """This turn's lines, encoded for this peer, sent (or queued behind a backlog).
+
+        The same fast path as for plain members (`Server._deliver_turn`): with
+        nothing queued, the (often shared) wire bytes go straight to `send`,
+        and only what the kernel does not take is queued.
+        """
         if self.state != OPEN:
             return
         own = None if turn.echo else turn.own.get(self)
@@ -175,9 +181,23 @@ class LayeredConn(Conn):
         else:
             chunks, lines = turn.chunks_for(self)
             wire = self.layer.encode(b"".join(chunks)) if chunks else b""
-        if wire:
-            self.server.counters.deliveries += lines
+        if not wire:
+            return
+        counters = self.server.counters
+        counters.deliveries += lines
+        if self.pending:
             self.queue([wire], now)
+            return
+        try:
+            sent = self.sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError as err:
+            self.close(close_reason(err))
+            return
+        counters.bytes_out += sent
+        if sent < len(wire):
+            self.keep_unsent(wire, sent, now)
 
     def close_gracefully(
         self,

@@ -377,7 +377,6 @@ class Server:
         size = len(data)
         lines = turn.lines
         own = turn.own
-        tracing = self.loop.tracer is not None
         delivered = sent_total = 0
         # A snapshot: a member whose send fails leaves the room at once.
         for conn in list(room.plain):
@@ -394,14 +393,7 @@ class Server:
                 continue
             sent_total += sent
             if sent < size:
-                if tracing:
-                    conn.note_short_send(sent, size)
-                conn.last_progress = now  # the write-timeout clock starts now
-                conn.append(memoryview(data)[sent:] if sent else data)
-                if conn.over_limit:
-                    conn.drop_slow_consumer()
-                else:
-                    conn.update_interest()  # ask for WRITABLE
+                conn.keep_unsent(data, sent, now)
         self.counters.deliveries += delivered
         self.counters.bytes_out += sent_total
         if room.layered:
