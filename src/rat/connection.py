@@ -286,7 +286,7 @@ class Conn(OutBuffer):
         if self.server.loop.tracer is not None:
             self.note_short_send(sent, len(data))
         self.last_progress = now  # the write-timeout clock starts now
-        self.append(memoryview(data)[sent:] if sent else data)
+        self.append_unsent(data, sent)  # no copy; a cut still finishes the line or frame
         if self.over_limit:
             self.drop_slow_consumer()
         else:
