@@ -88,16 +88,16 @@ def drain_until(socks: list[socket.socket], want: dict[int, int], timeout: float
         left = sum(1 for n in want.values() if n)
         while left and time.monotonic() < deadline:
             for key, _ in sel.select(1.0):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    data = sock.recv(1 << 18)
+                    data = ready.recv(1 << 18)
                 except BlockingIOError:
                     continue
-                fd = sock.fileno()
+                fd = ready.fileno()
                 got[fd] += len(data)
                 if not data or got[fd] >= want[fd]:
-                    sel.unregister(sock)
+                    sel.unregister(ready)
                     left -= 1
         if left:
             raise SystemExit(f"{left} sockets did not get all their bytes in {timeout}s")

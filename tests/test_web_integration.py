@@ -354,6 +354,44 @@ def test_shutdown_sends_1001_after_the_queued_messages(
     assert web.server.wait(15) == 0
 
 
+def test_a_host_name_binds_every_address_it_resolves_to(rat_server: StartServer) -> None:
+    addresses = {info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    if not {"127.0.0.1", "::1"} <= addresses:
+        pytest.skip(
+            f"localhost resolves to {sorted(addresses)} here, not to both 127.0.0.1 and ::1"
+        )
+    server = rat_server("--web", "localhost:0")
+    line = server.wait_for_log(r"listening on .*").group(0)
+    ports = re.findall(r"web (?:127\.0\.0\.1|\[::1\]):(\d+)", line)
+    assert len(ports) == 2 and ports[0] == ports[1], line
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as sock:
+            sock.settimeout(10)
+            sock.connect((host, int(ports[0])))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok\n")
+
+
+def test_the_web_host_defaults_to_the_tcp_host(rat_server: StartServer) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as err:
+        pytest.skip(f"no IPv6 loopback here: {err}")
+    server = ServerProcess(["--host", "::1", "--port", "0", "--web", "0"])
+    try:
+        line = server.wait_for_log(r"listening on .*").group(0)
+        match = re.search(r"web \[::1\]:(\d+)", line)
+        assert match, line
+        with connect(f"ws://[::1]:{match.group(1)}/ws", open_timeout=10) as ws:
+            assert ws.protocol.state.name == "OPEN"
+    finally:
+        server.stop()
+
+
 def test_a_web_port_in_use_is_a_bind_error(rat_server: StartServer) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

@@ -372,6 +372,17 @@ def test_malformed_requests_get_a_status_and_a_close(raw: bytes, status: int, re
         assert header(response, b"sec-websocket-version") == b"13"
 
 
+def test_a_header_that_grows_past_the_limit_in_pieces_gets_431() -> None:
+    layer = WebLayer(site())
+    layer.receive(b"GET / HTTP/1.1\r\nHost: rat.test\r\nX-Slow: ")
+    with pytest.raises(LayerError) as caught:
+        for _ in range(40):  # 40 KB of one header, never finished
+            layer.receive(b"a" * 1000)
+    assert caught.value.reason == "header_too_large"
+    assert layer.outgoing().startswith(b"HTTP/1.1 431 ")
+    assert layer.finished
+
+
 @pytest.mark.parametrize(
     ("raw", "status"),
     [(request(b"/nothing"), 404), (request(b"/", b"POST", b"Content-Length: 0"), 405)],
