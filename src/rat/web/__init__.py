@@ -20,13 +20,16 @@ any other bytes.
 from __future__ import annotations
 
 import functools
-import socket
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from rat.server import Server
 from rat.web.conn import IDLE_TIMEOUT, PING_INTERVAL, WebConn
 from rat.web.http import WebSite, canned_response, normalize_origin
 from rat.web.layer import WebLayer
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "IDLE_TIMEOUT",

@@ -20,7 +20,6 @@ What this class adds is time, which a sans-IO layer does not have:
 from __future__ import annotations
 
 import logging
-import socket
 from typing import TYPE_CHECKING
 
 from rat.connection import LINGER_SECONDS, OPEN
@@ -30,6 +29,8 @@ from rat.web.http import WebSite
 from rat.web.layer import WebLayer
 
 if TYPE_CHECKING:
+    import socket
+
     from rat.server import Server
 
 log = logging.getLogger("rat")
