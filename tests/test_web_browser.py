@@ -86,6 +86,30 @@ def tcp_clients() -> Iterator[Callable[[ServerProcess], socket.socket]]:
         sock.close()
 
 
+Setup = Callable[..., tuple[ServerProcess, Page, socket.socket]]
+
+
+@pytest.fixture
+def page_and_tcp(
+    rat_server: StartServer,
+    pages: Callable[..., Page],
+    tcp_clients: Callable[[ServerProcess], socket.socket],
+) -> Setup:
+    """Factory: a `rat serve --web` server, a page on it and a TCP client, both members."""
+
+    def setup(
+        width: int = 1000, height: int = 700, sync: bool = True
+    ) -> tuple[ServerProcess, Page, socket.socket]:
+        server = rat_server("--web", "0")
+        page = open_chat(pages(width, height), server)
+        tcp = tcp_clients(server)
+        if sync:
+            members_synced(tcp, [page])
+        return server, page, tcp
+
+    return setup
+
+
 def web_url(server: ServerProcess) -> str:
     match = WEB.search(server.stderr)
     assert match, server.stderr
@@ -132,15 +156,8 @@ def screenshot(page: Page, name: str) -> None:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_page_and_tcp_talk_both_ways(
-    rat_server: StartServer,
-    pages: Callable[..., Page],
-    tcp_clients: Callable[[ServerProcess], socket.socket],
-) -> None:
-    server = rat_server("--web", "0")
-    page = open_chat(pages(), server)
-    tcp = tcp_clients(server)
-    members_synced(tcp, [page])
+def test_page_and_tcp_talk_both_ways(page_and_tcp: Setup) -> None:
+    _, page, tcp = page_and_tcp()
 
     send_from_page(page, "typed in the browser")
     assert recv_lines(tcp, 1) == [b"typed in the browser\n"]
@@ -166,15 +183,8 @@ def test_two_pages_talk(rat_server: StartServer, pages: Callable[..., Page]) -> 
     assert lines_on(bob) == ["hi bob", "hi alice"]
 
 
-def test_markup_in_a_line_is_shown_as_text(
-    rat_server: StartServer,
-    pages: Callable[..., Page],
-    tcp_clients: Callable[[ServerProcess], socket.socket],
-) -> None:
-    server = rat_server("--web", "0")
-    page = open_chat(pages(), server)
-    tcp = tcp_clients(server)
-    members_synced(tcp, [page])
+def test_markup_in_a_line_is_shown_as_text(page_and_tcp: Setup) -> None:
+    _, page, tcp = page_and_tcp()
     evil = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"><b>bold</b>'
     tcp.sendall(evil.encode() + b"\n")
     wait_for_line(page, evil)
@@ -204,15 +214,8 @@ def test_the_page_reconnects_after_a_server_restart(
     assert recv_lines(tcp, 1) == [b"back again\n"]
 
 
-def test_a_fast_stream_keeps_the_last_lines(
-    rat_server: StartServer,
-    pages: Callable[..., Page],
-    tcp_clients: Callable[[ServerProcess], socket.socket],
-) -> None:
-    server = rat_server("--web", "0")
-    page = open_chat(pages(), server)
-    tcp = tcp_clients(server)
-    members_synced(tcp, [page])
+def test_a_fast_stream_keeps_the_last_lines(page_and_tcp: Setup) -> None:
+    _, page, tcp = page_and_tcp()
     # More lines than the page keeps, in one burst.  (Chromium itself takes
     # a few seconds for that many messages on a busy machine: hence the wait.)
     total = 8000
@@ -228,15 +231,8 @@ def test_a_fast_stream_keeps_the_last_lines(
     )
 
 
-def test_a_phone_screen(
-    rat_server: StartServer,
-    pages: Callable[..., Page],
-    tcp_clients: Callable[[ServerProcess], socket.socket],
-) -> None:
-    server = rat_server("--web", "0")
-    page = open_chat(pages(width=390, height=844), server)
-    tcp = tcp_clients(server)
-    members_synced(tcp, [page])
+def test_a_phone_screen(page_and_tcp: Setup) -> None:
+    _, page, tcp = page_and_tcp(width=390, height=844)
     tcp.sendall(b"a long line without spaces: " + b"x" * 300 + b"\n")
     wait_for_line(page, "a long line without spaces: " + "x" * 300)
     # Nothing is wider than the screen, and the input line is on it.
@@ -249,15 +245,9 @@ def test_a_phone_screen(
     screenshot(page, "web-page-phone.png")
 
 
-def test_chat_mode_shows_nick_and_room_and_offers_commands(
-    rat_server: StartServer,
-    pages: Callable[..., Page],
-    tcp_clients: Callable[[ServerProcess], socket.socket],
-) -> None:
+def test_chat_mode_shows_nick_and_room_and_offers_commands(page_and_tcp: Setup) -> None:
     """The page reads a chat server's greeting (here sent by a TCP client as the first line)."""
-    server = rat_server("--web", "0")
-    page = open_chat(pages(), server)
-    tcp = tcp_clients(server)
+    _, page, tcp = page_and_tcp(sync=False)  # the greeting must be the page's first line
     tcp.sendall(b"* welcome guest7, you are in #lobby; /help lists the commands\n")
     expect(page.locator("#nick")).to_have_text("guest7", timeout=WAIT_MS)
     expect(page.locator("#room")).to_have_text("#lobby")
