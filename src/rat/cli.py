@@ -166,7 +166,8 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         default=[],
         metavar="ORIGIN",
         help="also accept WebSocket requests from pages of this origin"
-        " (scheme://host[:port]; repeatable; the page's own origin is always accepted)",
+        " (scheme://host[:port]; repeatable, or a list separated by commas or spaces in"
+        " RAT_WEB_ORIGIN; the page's own origin is always accepted)",
     )
     # ---- end of web
     serve.epilog = (

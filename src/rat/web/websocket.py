@@ -102,7 +102,9 @@ def control_frame(opcode: Opcode, payload: bytes = b"") -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame: the 16-bit code, then a short UTF-8 reason."""
-    payload = code.to_bytes(2, "big") + reason.encode()[:123]
+    # At most 125 bytes in all; a cut never splits a character.
+    text = reason.encode()[:123].decode("utf-8", "ignore").encode()
+    payload = code.to_bytes(2, "big") + text
     return control_frame(Opcode.CLOSE, payload)
 
 
