@@ -331,6 +331,26 @@ def test_slow_websocket_reader_is_dropped_and_the_others_get_everything(
     assert_no_traceback(web.server)
 
 
+def test_a_stuck_websocket_reader_meets_the_write_timeout(
+    rat_server: StartServer, opened: ExitStack
+) -> None:
+    web = Web(rat_server("--web", "0", "--write-timeout", "1"), opened)
+    stuck = web.raw(rcvbuf=4096)
+    sender = web.tcp()
+    reader = web.ws()
+    web.sync([], [reader])
+    lines = [f"{i:06d} ".ljust(1000, "w") for i in range(4000)]  # 4 MB: the kernel holds less
+    sender.sendall("".join(line + "\n" for line in lines).encode())
+    assert [reader.recv(timeout=10) for _ in lines] == lines  # a reader that reads is fine
+    port = stuck.sock.getsockname()[1]
+    web.server.wait_for_log(rf"disconnect 127\.0\.0\.1:{port}: write timeout")
+    events = stuck.read_to_end()
+    got = messages(events)
+    assert got[0] == "__sync__" and got[1:-1] == lines[: len(got) - 2]  # whole messages ...
+    assert got[-1] == "ERR slow consumer"  # ... then why, and the close
+    assert isinstance(events[-1], CloseConnection) and events[-1].code == 1008
+
+
 def test_shutdown_sends_1001_after_the_queued_messages(
     rat_server: StartServer, opened: ExitStack
 ) -> None:
