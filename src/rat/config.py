@@ -56,3 +56,7 @@ class Config:
     history: int = DEFAULT_HISTORY
     announce_max: int = DEFAULT_ANNOUNCE_MAX
     limits: Limits = field(default_factory=Limits)
+    # --web [HOST:]PORT: the HTTP/WebSocket listener (rat.web); None: off.
+    # An empty host means the same host as the TCP listener.
+    web: tuple[str, int] | None = None
+    web_origins: tuple[str, ...] = ()  # --web-origin: other pages allowed to connect

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from rat.connection import CLOSED, LINGER_SECONDS, OPEN, Conn
 from rat.hub import Turn
+from rat.net import close_reason
 
 if TYPE_CHECKING:
     from rat.server import Server
@@ -39,16 +40,24 @@ log = logging.getLogger("rat")
 
 
 class LayerError(Exception):
-    """The peer broke the layer's protocol; `reason` names it (a metrics label)."""
+    """The peer broke the layer's protocol; `reason` names it (a metrics label).
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    `accepted` holds application bytes (whole lines) that the same input
+    completed before the violation: they are the peer's good lines and are
+    still relayed, as for a TCP line that is too long.
+    """
+
+    def __init__(self, reason: str, detail: str = "", accepted: bytes = b"") -> None:
         super().__init__(detail or reason)
         self.reason = reason
         self.detail = detail or reason
+        self.accepted = accepted
 
 
 class Layer:
     """The interface a sans-IO protocol layer offers `LayeredConn` (subclass it)."""
+
+    __slots__ = ()  # so that a slotted layer stays small (one exists per connection)
 
     name = "layer"  # the transport name in logs and metrics ("ws", "tls", ...)
     handshake_timeout: float | None = 10.0  # seconds to become `ready` (None: no limit)
@@ -124,6 +133,8 @@ class LayeredConn(Conn):
             app = self.layer.receive(data)
         except LayerError as err:
             log.info("disconnect %s: %s (%s)", self.addr, err.reason.replace("_", " "), err.detail)
+            if err.accepted and self.room is not None:
+                super().received(err.accepted)
             self._send_layer_output()
             self.close_gracefully(err.reason)
             return
@@ -155,7 +166,12 @@ class LayeredConn(Conn):
         return self.cut_to_chunk_end()
 
     def deliver_turn(self, turn: Turn, now: float) -> None:
-        """This turn's lines, encoded for this peer, queued and (unless blocked) sent."""
+        """This turn's lines, encoded for this peer, sent (or queued behind a backlog).
+
+        The same fast path as for plain members (`Server._deliver_turn`): with
+        nothing queued, the (often shared) wire bytes go straight to `send`,
+        and only what the kernel does not take is queued.
+        """
         if self.state != OPEN:
             return
         own = None if turn.echo else turn.own.get(self)
@@ -165,9 +181,23 @@ class LayeredConn(Conn):
         else:
             chunks, lines = turn.chunks_for(self)
             wire = self.layer.encode(b"".join(chunks)) if chunks else b""
-        if wire:
-            self.server.counters.deliveries += lines
+        if not wire:
+            return
+        counters = self.server.counters
+        counters.deliveries += lines
+        if self.pending:
             self.queue([wire], now)
+            return
+        try:
+            sent = self.sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError as err:
+            self.close(close_reason(err))
+            return
+        counters.bytes_out += sent
+        if sent < len(wire):
+            self.keep_unsent(wire, sent, now)
 
     def send_lines(self, block: bytes) -> None:
         """Lines for this client alone (a chat reply), encoded by the layer."""
