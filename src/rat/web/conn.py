@@ -105,9 +105,9 @@ class WebConn(LayeredConn):
         self._stop_keepalive()
         super().close_gracefully(reason, message, linger, drop_queue)
 
-    def close(self, reason: str, logged: bool = False) -> None:
+    def close(self, reason: str, quiet: bool = False) -> None:
         self._stop_keepalive()
-        super().close(reason, logged)
+        super().close(reason, quiet)
 
     def _stop_keepalive(self) -> None:
         if self.keepalive is not None:
