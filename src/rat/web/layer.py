@@ -27,7 +27,7 @@ from __future__ import annotations
 from wsproto.frame_protocol import Opcode
 
 from rat.hub import Turn
-from rat.layered import Layer, LayerError
+from rat.layer import Layer, LayerError
 from rat.web.http import HttpExchange, WebSite
 from rat.web.websocket import (
     GOING_AWAY,
