@@ -65,13 +65,20 @@ class FakeSocket:
         return 65536 if option == socket.SO_SNDBUF else 0  # SO_ERROR: no error
 
     def recv(self, size: int) -> bytes:
+        """Like the kernel: everything that has arrived, up to `size` bytes."""
         if not self.inbound:
             raise BlockingIOError
-        chunk = self.inbound.popleft()
-        if len(chunk) > size:
-            self.inbound.appendleft(chunk[size:])
-            chunk = chunk[:size]
-        return chunk
+        data = b"".join(self.inbound)
+        self.inbound.clear()
+        if len(data) > size:
+            self.inbound.append(data[size:])
+            data = data[:size]
+        return data
+
+    def recv_into(self, buffer: bytearray, size: int = 0) -> int:
+        chunk = self.recv(size or len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
 
     def _take(self, data: bytes) -> int:
         self.sends += 1

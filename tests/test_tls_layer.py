@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rat.hub import Turn
-from rat.layered import Layer, LayerError, Stack
+from rat.layer import Layer, LayerError, Stack
 from rat.tls import CertificateError, Certificates, TLSLayer, load_context
 
 

@@ -12,12 +12,13 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rat import __version__
-from rat.argtypes import real_number, whole_number
+from rat.argtypes import host_and_port, real_number, whole_number
 from rat.config import (
     DEFAULT_ANNOUNCE_MAX,
     DEFAULT_COALESCE_MS,
@@ -34,7 +35,7 @@ from rat.config import (
     Limits,
 )
 from rat.logsink import announce, install, keep_draining
-from rat.net import open_listeners, raise_nofile_limit
+from rat.net import format_addr, open_listeners, raise_nofile_limit
 from rat.poller import make_poller
 from rat.server import Server
 
@@ -47,6 +48,16 @@ _positive_int = whole_number(1)
 _port = whole_number(0, 65535)
 _seconds = real_number(above=0)
 _milliseconds = real_number(at_least=0, maximum=1000)
+
+
+def _web_origin(text: str) -> str:
+    """An origin for --web-origin, normalised (checked here, a usage error if bad)."""
+    from rat.web.http import normalize_origin  # noqa: PLC0415 (only when --web-origin is used)
+
+    origin = normalize_origin(text)
+    if origin is None:
+        raise argparse.ArgumentTypeError(f"not an origin (scheme://host[:port]): {text!r}")
+    return origin
 
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
@@ -143,6 +154,27 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     )
     _add_security_options(serve)
     _add_chat_options(serve)
+    # ---- web: --web / --web-origin (rat.web, imported only when --web is given)
+    web = serve.add_argument_group("web")
+    web.add_argument(
+        "--web",
+        type=host_and_port,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="also serve the chat page (GET /) and a WebSocket (GET /ws) on this port"
+        " (HOST defaults to --host; PORT 0: any free port)",
+    )
+    web.add_argument(
+        "--web-origin",
+        action="append",
+        type=_web_origin,
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSocket requests from pages of this origin"
+        " (scheme://host[:port]; repeatable, or a list separated by commas or spaces in"
+        " RAT_WEB_ORIGIN; the page's own origin is always accepted)",
+    )
+    # ---- end of web
     serve.epilog = (
         "Every option can also be set in the environment: --max-line is RAT_MAX_LINE,"
         " a switch is on for 1/true/yes.  The command line wins."
@@ -346,6 +378,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         chat=args.chat,
         history=args.history,
         announce_max=args.announce_max,
+        web=args.web,
+        web_origins=tuple(args.web_origin),
         limits=Limits(
             max_line=args.max_line,
             max_pending=args.max_pending,
@@ -387,12 +421,27 @@ def serve(config: Config) -> int:
         print(f"rat: cannot listen on {address}: no IPv4 or IPv6 address", file=sys.stderr)
         poller.close()
         return 1
+    web_listeners: list[socket.socket] = []
+    if config.web is not None:  # ---- web
+        web_host = config.web[0] or config.host
+        web_address = format_addr((web_host, config.web[1]))
+        try:
+            web_listeners = open_listeners(web_host, config.web[1], config.backlog)
+            failure = "" if web_listeners else "no IPv4 or IPv6 address"
+        except OSError as err:
+            failure = err.strerror or str(err)
+        if failure:
+            print(f"rat: cannot listen on web {web_address}: {failure}", file=sys.stderr)
+            for sock in listeners:
+                sock.close()
+            poller.close()
+            return 1
     # ---- security and reach: --unix; with TLS the TCP listeners get TLS connections
     try:
         security.open_unix(config.backlog)
     except OSError as err:
         print(f"rat: cannot listen on unix {config.unix}: {err.strerror or err}", file=sys.stderr)
-        for sock in listeners:
+        for sock in listeners + web_listeners:
             sock.close()
         poller.close()
         return 1
@@ -404,6 +453,11 @@ def serve(config: Config) -> int:
     server = _server_class(config)(listeners, poller, config)
     keep_draining(sink, server.loop.call_later)  # a stalled log catches up on its own
     security.install(server, line_listeners)  # ---- security and reach
+    if web_listeners:
+        from rat.web import serve_web  # noqa: PLC0415 (h11 and wsproto only with --web)
+
+        serve_web(server, web_listeners, config.limits.max_line, config.web_origins)
+    # ---- end of web
 
     def ready() -> None:
         details = [f"pid {os.getpid()}", f"backend {poller.name}", f"descriptor limit {nofile}"]

@@ -56,6 +56,10 @@ class Config:
     history: int = DEFAULT_HISTORY
     announce_max: int = DEFAULT_ANNOUNCE_MAX
     limits: Limits = field(default_factory=Limits)
+    # --web [HOST:]PORT: the HTTP/WebSocket listener (rat.web); None: off.
+    # An empty host means the same host as the TCP listener.
+    web: tuple[str, int] | None = None
+    web_origins: tuple[str, ...] = ()  # --web-origin: other pages allowed to connect
     # ---- security and reach (issue 14): rat.tls, rat.auth, rat.access
     tls_cert: str | None = None  # --tls-cert FILE (PEM): the TCP listener speaks TLS
     tls_key: str | None = None  # --tls-key FILE (PEM)

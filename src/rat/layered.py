@@ -3,7 +3,8 @@
 A plain TCP client's bytes are its lines.  A WebSocket client's bytes are
 frames, a TLS client's bytes are records: a *layer* turns wire bytes into
 application bytes and back, without touching a socket (the way h11, wsproto
-and `ssl.SSLObject` do: bytes in, events or bytes out).  `LayeredConn` is a
+and `ssl.SSLObject` do: bytes in, events or bytes out; its interface is
+`rat.layer.Layer`, a pure module).  `LayeredConn` is a
 `Conn` with a layer; everything else (the output queue, flush, WRITABLE
 interest, `--max-pending`, the write timeout, graceful close) is the plain
 connection's, because the queue always holds *wire* bytes.
@@ -31,136 +32,13 @@ from typing import TYPE_CHECKING
 
 from rat.connection import CLOSED, LINGER_SECONDS, OPEN, Conn
 from rat.hub import Turn
+from rat.layer import Layer, LayerError
+from rat.net import close_reason
 
 if TYPE_CHECKING:
     from rat.server import Server
 
 log = logging.getLogger("rat")
-
-
-class LayerError(Exception):
-    """The peer broke the layer's protocol; `reason` names it (a metrics label).
-
-    `accepted` holds application bytes (whole lines) that the same input
-    completed before the violation: they are the peer's good lines and are
-    still relayed, as for a TCP line that is too long.
-    """
-
-    def __init__(self, reason: str, detail: str = "", accepted: bytes = b"") -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
-        self.detail = detail or reason
-        self.accepted = accepted
-
-
-class Layer:
-    """The interface a sans-IO protocol layer offers `LayeredConn` (subclass it)."""
-
-    __slots__ = ()  # so that a slotted layer stays small (one exists per connection)
-
-    name = "layer"  # the transport name in logs and metrics ("ws", "tls", ...)
-    handshake_timeout: float | None = 10.0  # seconds to become `ready` (None: no limit)
-    # True when each wire byte depends on every byte before it (TLS seals each
-    # record with the next sequence number): queued wire bytes can then never
-    # be dropped, so the connection keeps its backlog in the clear instead
-    # (see LayeredConn, "Backlogs").
-    seals = False
-
-    @property
-    def ready(self) -> bool:
-        """The handshake is done: the connection may receive broadcasts."""
-        return True
-
-    @property
-    def finished(self) -> bool:
-        """The layer's conversation is over (a close handshake, a one-shot HTTP reply)."""
-        return False
-
-    def receive(self, data: bytes) -> bytes:
-        """Wire bytes in; the application bytes they completed out (maybe b"").
-
-        Raises `LayerError` if the peer broke the protocol.
-        """
-        raise NotImplementedError
-
-    def outgoing(self) -> bytes:
-        """Wire bytes the layer needs sent now (handshake, pong, close), or b""."""
-        return b""
-
-    def encode(self, data: bytes) -> bytes:
-        """Application bytes (whole lines) for this peer -> wire bytes."""
-        raise NotImplementedError
-
-    def encode_turn(self, turn: Turn) -> bytes:
-        """A whole turn for this peer; override to share the work via `turn.encoded`."""
-        return self.encode(turn.data)
-
-    def farewell(self, message: bytes, reason: str) -> bytes:
-        """Wire bytes that end the conversation: `message` (an ERR line), then a close."""
-        del reason
-        return self.encode(message) if message else b""
-
-
-class Stack(Layer):
-    """Two layers as one: `outer` next to the wire, `inner` next to the lines.
-
-    WebSocket over TLS (WSS) is `Stack(TLSLayer, WebLayer)`.  Bytes from the
-    wire go through `outer.receive`, then `inner.receive`; bytes to the wire
-    go the other way: `inner.encode_turn` (shared by every receiver of the
-    turn, WebSocket frames) and then `outer.encode` (per receiver: each TLS
-    session has its own keys).  The stack is ready when both are, and over
-    when either is.
-    """
-
-    __slots__ = ("_name", "inner", "outer")
-
-    def __init__(self, outer: Layer, inner: Layer, name: str = "") -> None:
-        self.outer = outer
-        self.inner = inner
-        self._name = name or f"{inner.name}+{outer.name}"
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self._name
-
-    @property
-    def handshake_timeout(self) -> float | None:  # type: ignore[override]
-        """The longer of the two (None if either has no limit)."""
-        outer, inner = self.outer.handshake_timeout, self.inner.handshake_timeout
-        return None if outer is None or inner is None else max(outer, inner)
-
-    @property
-    def seals(self) -> bool:  # type: ignore[override]
-        return self.outer.seals or self.inner.seals
-
-    @property
-    def ready(self) -> bool:
-        return self.outer.ready and self.inner.ready
-
-    @property
-    def finished(self) -> bool:
-        return self.outer.finished or self.inner.finished
-
-    def receive(self, data: bytes) -> bytes:
-        middle = self.outer.receive(data)
-        return self.inner.receive(middle) if middle else b""
-
-    def outgoing(self) -> bytes:
-        """The inner layer's replies (pongs, the HTTP upgrade), wrapped by the outer one."""
-        reply = self.inner.outgoing()
-        if reply:
-            return self.outer.encode(reply)  # also carries what the outer had pending
-        return self.outer.outgoing()
-
-    def encode(self, data: bytes) -> bytes:
-        return self.outer.encode(self.inner.encode(data))
-
-    def encode_turn(self, turn: Turn) -> bytes:
-        return self.outer.encode(self.inner.encode_turn(turn))
-
-    def farewell(self, message: bytes, reason: str) -> bytes:
-        """The inner goodbye (message, close frame), wrapped, then the outer's own."""
-        return self.outer.farewell(self.inner.farewell(message, reason), reason)
 
 
 class LayeredConn(Conn):
@@ -274,8 +152,9 @@ class LayeredConn(Conn):
         self.held = None
         return dropped
 
-    def _hold(self, data: bytes) -> None:
+    def _hold(self, data: bytes, lines: int) -> None:
         """Behind a backlog, a sealing layer's lines wait in the clear (see "Backlogs")."""
+        self.server.counters.deliveries += lines
         if self.held is None:
             self.held = bytearray()
         self.held += data
@@ -299,21 +178,22 @@ class LayeredConn(Conn):
             super().flush()
 
     def deliver_turn(self, turn: Turn, now: float) -> None:
-        """This turn's lines, encoded for this peer, sent now (queued only if blocked).
+        """This turn's lines, encoded for this peer, sent (or queued behind a backlog).
 
-        `send_now`, like the plain senders' path: a receiver that keeps up
-        takes its wire bytes in one `send`, and the queue is never touched.
+        The same fast path as for plain members (`Server._deliver_turn`): with
+        nothing queued, the (often shared) wire bytes go straight to `send`,
+        and only what the kernel does not take is queued.  Behind a backlog,
+        a sealing layer's lines wait in the clear (see "Backlogs").
         """
         if self.state != OPEN:
             return
         own = None if turn.echo else turn.own.get(self)
         layer = self.layer
-        held = layer.seals and self.pending  # behind a backlog: keep it in the clear
+        hold = layer.seals and self.pending
         if own is None:
             lines = turn.lines
-            if held:
-                self.server.counters.deliveries += lines
-                self._hold(turn.data)
+            if hold:
+                self._hold(turn.data, lines)
                 return
             wire = layer.encode_turn(turn)
         else:
@@ -321,21 +201,34 @@ class LayeredConn(Conn):
             if not chunks:
                 return
             data = b"".join(chunks)
-            if held:
-                self.server.counters.deliveries += lines
-                self._hold(data)
+            if hold:
+                self._hold(data, lines)
                 return
             wire = layer.encode(data)
-        if wire:
-            self.server.counters.deliveries += lines
-            self.send_now([wire], now)
+        if not wire:
+            return
+        counters = self.server.counters
+        counters.deliveries += lines
+        if self.pending:
+            self.queue([wire], now)
+            return
+        try:
+            sent = self.sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError as err:
+            self.close(close_reason(err))
+            return
+        counters.bytes_out += sent
+        if sent < len(wire):
+            self.keep_unsent(wire, sent, now)
 
     def send_lines(self, block: bytes) -> None:
         """Lines for this client alone (a chat reply), encoded by the layer."""
         if self.state != OPEN:
             return
         if self.layer.seals and self.pending:
-            self._hold(block)
+            self._hold(block, 0)
         else:
             self.queue([self.layer.encode(block)], self.server.loop.clock())
 

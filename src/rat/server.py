@@ -418,7 +418,6 @@ class Server:
         size = len(data)
         lines = turn.lines
         own = turn.own
-        tracing = self.loop.tracer is not None
         delivered = sent_total = 0
         # A snapshot: a member whose send fails leaves the room at once.
         for conn in list(room.plain):
@@ -435,20 +434,7 @@ class Server:
                 continue
             sent_total += sent
             if sent < size:
-                if tracing:
-                    conn.note_short_send(sent, size)
-                conn.last_progress = now  # the write-timeout clock starts now
-                # The whole turn, its sent part marked as sent (not a slice
-                # of the rest): the queue must know that its first line is
-                # partly on the wire, so that a cut finishes that line
-                # before an ERR (OutBuffer.cut_to_line_end).
-                conn.append(data)
-                if sent:
-                    conn.advance(sent)
-                if conn.over_limit:
-                    conn.drop_slow_consumer()
-                else:
-                    conn.update_interest()  # ask for WRITABLE
+                conn.keep_unsent(data, sent, now)
         self.counters.deliveries += delivered
         self.counters.bytes_out += sent_total
         if room.layered:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import ssl
 
 from rat.hub import Turn
-from rat.layered import Layer, LayerError
+from rat.layer import Layer, LayerError
 
 # Plaintext asked for per `SSLObject.read`: a TLS record carries at most 16 KiB,
 # so this takes any record whole (a bigger ask would only allocate more).
