@@ -177,7 +177,8 @@ def test_an_idle_websocket_is_small_objects_only(rig: Rig) -> None:
     client.sock.sendall(client.ws.send(Message(data="hello")))
     rig.turn(turns=3)
     (conn,) = rig.web_conns()
-    layer = conn.layer
+    layer = conn.web
+    assert conn.layer is layer  # no TLS under it
     assert layer.websocket and not layer.holds_parser
     for thing in (conn, layer, layer._reader):
         assert not hasattr(thing, "__dict__"), thing

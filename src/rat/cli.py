@@ -456,7 +456,14 @@ def serve(config: Config) -> int:
     if web_listeners:
         from rat.web import serve_web  # noqa: PLC0415 (h11 and wsproto only with --web)
 
-        serve_web(server, web_listeners, config.limits.max_line, config.web_origins)
+        # With --tls-cert the web port is HTTPS/WSS: TLS under HTTP/WebSocket.
+        serve_web(
+            server,
+            web_listeners,
+            config.limits.max_line,
+            config.web_origins,
+            wrap=security.web_wrapper(),  # ---- security and reach
+        )
     # ---- end of web
 
     def ready() -> None:

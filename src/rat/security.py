@@ -17,6 +17,7 @@ only when its option is given: a plain `rat serve` loads none of them.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rat.config import Config
@@ -26,6 +27,7 @@ from rat.net import UnixSocketFile, open_unix_listener
 if TYPE_CHECKING:
     from rat.access import AddressRules
     from rat.auth import Tokens
+    from rat.layer import Layer
     from rat.server import Server
     from rat.tls import Certificates
 
@@ -98,6 +100,19 @@ class Security:
             from rat.auth import TokenGate  # noqa: PLC0415 (only with tokens)
 
             TokenGate(self.tokens).install(server)
+
+    def web_wrapper(self) -> Callable[[Layer], Layer] | None:
+        """With TLS, what puts TLS under each web connection (HTTPS/WSS); else None."""
+        certificates = self.certificates
+        if certificates is None:
+            return None
+        from rat.layer import Stack  # noqa: PLC0415
+        from rat.tls import TLSLayer  # noqa: PLC0415 (only with TLS)
+
+        def wrap(web: Layer) -> Layer:
+            return Stack(TLSLayer(certificates.context), web, name=f"{web.name}s")
+
+        return wrap
 
     def details(self) -> list[str]:
         """What the `listening on` line says about security."""

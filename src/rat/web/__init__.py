@@ -20,9 +20,10 @@ any other bytes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from rat.layer import Layer
 from rat.server import Server
 from rat.web.conn import IDLE_TIMEOUT, PING_INTERVAL, WebConn
 from rat.web.http import WebSite, canned_response, normalize_origin
@@ -45,10 +46,17 @@ SERVER_FULL = canned_response(503, b"server full\n")
 
 
 def serve_web(
-    server: Server, socks: list[socket.socket], max_line: int, origins: Iterable[str] = ()
+    server: Server,
+    socks: list[socket.socket],
+    max_line: int,
+    origins: Iterable[str] = (),
+    wrap: Callable[[Layer], Layer] | None = None,
 ) -> WebSite:
-    """Serve the page and the WebSocket on `socks` (listening sockets) through `server`."""
+    """Serve the page and the WebSocket on `socks` (listening sockets) through `server`.
+
+    `wrap` puts a layer under each connection's web layer (TLS for HTTPS/WSS).
+    """
     site = WebSite.create(max_line, origins)
-    factory = functools.partial(WebConn, site=site)
+    factory = functools.partial(WebConn, site=site, wrap=wrap)
     server.listen(socks, factory, kind="web", refusal=SERVER_FULL)
     return site

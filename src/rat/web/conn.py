@@ -20,9 +20,11 @@ What this class adds is time, which a sans-IO layer does not have:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rat.connection import LINGER_SECONDS, OPEN
+from rat.layer import Layer, Stack
 from rat.layered import LayeredConn
 from rat.timers import Timer
 from rat.web.http import WebSite
@@ -42,12 +44,21 @@ IDLE_TIMEOUT = 60.0  # seconds of silence before the close
 class WebConn(LayeredConn):
     """One web connection: HTTP, then maybe a WebSocket member of a room."""
 
-    __slots__ = ("heard", "keepalive")
+    __slots__ = ("heard", "keepalive", "web")
 
-    layer: WebLayer
-
-    def __init__(self, server: Server, sock: socket.socket, addr: str, site: WebSite) -> None:
-        super().__init__(server, sock, addr, WebLayer(site))
+    def __init__(
+        self,
+        server: Server,
+        sock: socket.socket,
+        addr: str,
+        site: WebSite,
+        wrap: Callable[[Layer], Layer] | None = None,
+    ) -> None:
+        # `wrap` puts a layer under the web one: with --tls-cert, TLS (HTTPS
+        # and WSS are `rat.layer.Stack(TLSLayer, WebLayer)`).
+        web = WebLayer(site)
+        super().__init__(server, sock, addr, wrap(web) if wrap is not None else web)
+        self.web = web
         self.heard = 0.0  # when the client last sent anything
         self.keepalive: Timer | None = None
 
@@ -87,7 +98,10 @@ class WebConn(LayeredConn):
             return
         next_ping = self.heard + PING_INTERVAL
         if now >= next_ping:
-            self.queue([self.layer.ping()], now)
+            ping = self.web.ping()
+            if isinstance(self.layer, Stack):  # WSS: the ping frame goes through TLS
+                ping = self.layer.outer.encode(ping)
+            self.queue([ping], now)
             if self.state != OPEN:  # the ping found a slow consumer
                 return
             next_ping = now + PING_INTERVAL
