@@ -378,7 +378,7 @@ def test_sighup_rereads_the_token_file(rat_server: StartServer, token_file: Path
     try:
         token_file.write_text("fresh-token\n")
         server.signal(signal.SIGHUP)
-        server.wait_for_log(r"tokens reloaded from .* \(1 tokens\)")
+        server.wait_for_log(r"tokens reloaded from .* \(1 token\)")
         old = server.connect()
         old.sendall(b"AUTH s3cret-one\n")
         assert read_until_eof(old) == b"ERR auth failed\n"
@@ -386,7 +386,7 @@ def test_sighup_rereads_the_token_file(rat_server: StartServer, token_file: Path
         fresh = authed(server, b"fresh-token")
         token_file.write_text("")
         server.signal(signal.SIGHUP)
-        server.wait_for_log(r"token reload failed, keeping the 1 old tokens: .*holds no tokens")
+        server.wait_for_log(r"token reload failed, keeping the old 1 token: .*holds no tokens")
         again = authed(server, b"fresh-token")
         sync(server, [kept, fresh, again], b"fresh-token")  # the first one is still there
         fresh.close()

@@ -313,3 +313,17 @@ def test_cert_without_key_is_a_usage_error(tls_material: TLSMaterial) -> None:
     result = run_cli("serve", "--port", "0", "--tls-cert", tls_material.cert)
     assert result.returncode == 2
     assert "--tls-cert needs --tls-key" in result.stderr
+
+
+def test_client_beyond_max_clients_is_closed_without_a_clear_text_line(
+    rat_server: StartServer, tls_material: TLSMaterial
+) -> None:
+    server = rat_server(*tls_material.flags, "--max-clients", "1")
+    first = tls_material.wrap(socket.create_connection((server.host, server.port), timeout=10))
+    second = socket.create_connection((server.host, server.port), timeout=10)
+    try:
+        server.wait_for_log(r"refused \S+: server full")
+        assert read_until_eof(second) == b""  # no 'ERR server full' in the clear on a TLS port
+    finally:
+        first.close()
+        second.close()

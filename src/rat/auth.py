@@ -41,14 +41,11 @@ import functools
 import hashlib
 import hmac
 import logging
-from typing import TYPE_CHECKING
 
 from rat.connection import OPEN, Conn
 from rat.hub import Room
+from rat.server import Server, plural
 from rat.timers import Timer
-
-if TYPE_CHECKING:
-    from rat.server import Server
 
 log = logging.getLogger("rat")
 
@@ -110,10 +107,12 @@ class Tokens:
         try:
             digests = [_digest(t) for t in read_tokens(self.path)]
         except TokenFileError as err:
-            log.error("token reload failed, keeping the %d old tokens: %s", len(self), err)
+            log.error(
+                "token reload failed, keeping the old %s: %s", plural(len(self), "token"), err
+            )
             return False
         self._digests = digests
-        log.info("tokens reloaded from %s (%d tokens)", self.path, len(digests))
+        log.info("tokens reloaded from %s (%s)", self.path, plural(len(digests), "token"))
         return True
 
 

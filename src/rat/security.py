@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from rat.config import Config
 from rat.connection import UnixConn
 from rat.net import UnixSocketFile, open_unix_listener
+from rat.server import plural
 
 if TYPE_CHECKING:
     from rat.access import AddressRules
@@ -90,7 +91,9 @@ class Security:
         if self.certificates is not None:
             from rat.tls import tls_line_factory  # noqa: PLC0415 (only with TLS)
 
-            server.listen(line_listeners, tls_line_factory(self.certificates))
+            # A client beyond --max-clients is closed without a word: a line in
+            # the clear would only be garbage to a TLS client.
+            server.listen(line_listeners, tls_line_factory(self.certificates), refusal=b"")
             server.reloaders.append(self.certificates.reload)
         if self.unix_socket is not None:
             server.listen([self.unix_socket], UnixConn, kind="unix")
@@ -120,7 +123,7 @@ class Security:
         if self.certificates is not None:
             details.append("TLS")
         if self.tokens is not None:
-            details.append(f"AUTH required ({len(self.tokens)} tokens)")
+            details.append(f"AUTH required ({plural(len(self.tokens), 'token')})")
         if self.rules is not None:
             details.append(self.rules.describe())
         return details
