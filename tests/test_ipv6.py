@@ -15,18 +15,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conftest import ServerProcess, assert_silent, read_until_eof, recv_lines
+from test_fixes import has_ipv6_loopback
 from transport import TLSMaterial
 
 StartServer = Callable[..., ServerProcess]
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 pytestmark = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")

@@ -109,11 +109,13 @@ class Counters:
         self.dropped_bytes = 0  # queued output thrown away (cuts, stop timeout)
         self.closed: dict[str, int] = {}  # reason -> count
 
-    def summary(self, emfile: int) -> str:
+    def summary(self, emfile: int, address_rules: bool = False) -> str:
+        """The exit line; `rejected_denied` only where --allow/--deny are in force."""
         closed = ", ".join(f"{reason}={n}" for reason, n in sorted(self.closed.items()))
+        denied = f" rejected_denied={self.rejected_denied}" if address_rules else ""
         return (
             f"counters: accepted={self.accepted} rejected_full={self.rejected_full}"
-            f" rejected_busy={self.rejected_busy} rejected_denied={self.rejected_denied}"
+            f" rejected_busy={self.rejected_busy}{denied}"
             f" emfile={emfile} evicted={self.evicted}"
             f" lines_in={self.lines_in} deliveries={self.deliveries}"
             f" bytes_in={self.bytes_in} bytes_out={self.bytes_out}"
@@ -203,7 +205,8 @@ class Server:
                 dropped_bytes,
                 plural(dropped_clients, "client"),
             )
-        log.info("%s", self.counters.summary(sum(a.emfile for a in self.acceptors)))
+        emfile = sum(a.emfile for a in self.acceptors)
+        log.info("%s", self.counters.summary(emfile, self.address_rules is not None))
         return 0
 
     def finished(self) -> bool:
