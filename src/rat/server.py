@@ -48,6 +48,7 @@ from rat.connection import CLOSING, OPEN, Conn
 from rat.hub import Hub, Room, Turn
 from rat.listener import Acceptor, SpareDescriptor, refuse
 from rat.loop import Loop
+from rat.metrics import Observer
 from rat.net import close_reason, enable_keepalive, listen_address
 from rat.poller import Poller
 from rat.timers import Timer
@@ -129,6 +130,9 @@ class Server:
         self.loop = loop = Loop(poller, trace=config.trace)
         self.hub = Hub(config.echo)
         self.counters = Counters()
+        # --admin's per-client statistics (rat.admin.telemetry); None: off,
+        # and each hook below is one `is None` test, never per receiver.
+        self.observer: Observer | None = None
         # Connections not yet closed.  They are found through the loop's
         # handler table (`connections()`): a second table of 10,000 entries
         # would cost idle memory on every connection.
@@ -152,8 +156,15 @@ class Server:
 
     @property
     def addresses(self) -> list[str]:
-        """Where the listeners listen ('127.0.0.1:8080', '[::1]:8080')."""
-        return [listen_address(a.sock) for a in self.acceptors if a.sock is not None]
+        """Where the listeners listen ('127.0.0.1:8080', '[::1]:8080', 'web 127.0.0.1:8081').
+
+        Other listeners than the plain TCP ones are named by their kind.
+        """
+        return [
+            listen_address(a.sock) if a.kind == "listener" else f"{a.kind} {listen_address(a.sock)}"
+            for a in self.acceptors
+            if a.sock is not None
+        ]
 
     # ----------------------------------------------------------------- run
 
@@ -242,6 +253,8 @@ class Server:
         self.counters.accepted += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connect %s (fd %d, %s)", addr, conn.fd, self.describe_clients())
+        if self.observer is not None:
+            self.observer.accepted(conn, self.loop.clock())
         conn.start()
 
     def join(self, conn: Conn, room: Room | None = None) -> None:
@@ -331,6 +344,8 @@ class Server:
             # It had closed its side, and now a send or a probe found it gone.
             reason = conn.close_reason = "eof"
         self.counters.closed[reason] = self.counters.closed.get(reason, 0) + 1
+        if self.observer is not None:
+            self.observer.closed(conn, self.loop.clock())
         if not logged and log.isEnabledFor(logging.DEBUG):
             if reason == "eof":
                 log.debug("disconnect %s: left (it had closed its side; now gone)", conn.addr)
@@ -363,6 +378,8 @@ class Server:
 
     def _deliver_turn(self, room: Room, turn: Turn, now: float) -> None:
         """The fast path (see the module docstring): one `send` per member, no copy."""
+        if self.observer is not None:  # --admin: per-room totals, once per room and turn
+            self.observer.turn(room, turn)
         data = turn.data
         size = len(data)
         lines = turn.lines
