@@ -393,7 +393,12 @@ class Conn(OutBuffer):
 
     def reject(self, message: bytes, reason: str) -> None:
         """A protocol violation: say why after what is queued, then close gracefully."""
-        log.info("disconnect %s: %s", self.addr, reason.replace("_", " "))
+        log.info(
+            "disconnect %s: %s",
+            self.addr,
+            reason.replace("_", " "),
+            extra={"addr": self.addr, "reason": reason},
+        )
         self.close_gracefully(reason, message)
 
     def cut(self, reason: str, message: bytes = ERR_SLOW_CONSUMER) -> None:

@@ -240,7 +240,12 @@ class Server:
         """A new connection from an `Acceptor`: admit it, or refuse it with a reason."""
         if self.clients >= self.limits.max_clients and not self.make_room():
             self.counters.rejected_full += 1
-            log.warning("refused %s: server full (%s)", addr, self.describe_clients())
+            log.warning(
+                "refused %s: server full (%s)",
+                addr,
+                self.describe_clients(),
+                extra={"addr": addr, "reason": "server_full"},
+            )
             refuse(sock, ERR_SERVER_FULL)
             return
         sock.setblocking(False)
@@ -281,6 +286,7 @@ class Server:
             "disconnect %s: closed to make room (it had closed its sending side; %s)",
             conn.addr,
             self.describe_clients(),
+            extra={"addr": conn.addr, "reason": "evicted"},
         )
         self.counters.evicted += 1
         conn.abort("evicted")
@@ -347,10 +353,15 @@ class Server:
         if self.observer is not None:
             self.observer.closed(conn, self.loop.clock())
         if not logged and log.isEnabledFor(logging.DEBUG):
+            fields = {"addr": conn.addr, "reason": reason}
             if reason == "eof":
-                log.debug("disconnect %s: left (it had closed its side; now gone)", conn.addr)
+                log.debug(
+                    "disconnect %s: left (it had closed its side; now gone)",
+                    conn.addr,
+                    extra=fields,
+                )
             else:
-                log.debug("disconnect %s: %s", conn.addr, reason.replace("_", " "))
+                log.debug("disconnect %s: %s", conn.addr, reason.replace("_", " "), extra=fields)
 
     # ------------------------------------------------------------ delivery
 
