@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from rat.admin import endpoint, serve_admin
+from rat.admin import endpoint, exposition, serve_admin
 from rat.admin.endpoint import Admin
 from rat.admin.exposition import render_metrics
 from rat.admin.telemetry import Histogram, Telemetry
@@ -251,3 +252,40 @@ def test_admin_connections_beyond_the_limit_get_503(
     first.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_to_eof(running, first).endswith(b"\r\n\r\nok\n")
     del second
+
+
+def dechunk(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body, decoded."""
+    out = bytearray()
+    while True:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if not size:
+            return bytes(out)
+        out += rest[:size]
+        body = rest[size + 2 :]
+
+
+def test_a_long_client_list_is_streamed_and_complete(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exposition, "STREAM_BATCH", 2)  # 7 clients: 4 pieces, 4 turns
+    port = running.server.acceptors[0].sock.getsockname()[1]  # type: ignore[union-attr]
+    lines = [socket.create_connection(("127.0.0.1", port)) for _ in range(7)]
+    running.clients += lines
+    running.turn_until(lambda: running.server.clients == 7)
+    for version, chunked in ((b"1.1", True), (b"1.0", False)):
+        sock = running.connect()
+        sock.sendall(b"GET /clients HTTP/" + version + b"\r\nHost: x\r\n\r\n")
+        head, _, body = read_to_eof(running, sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert (b"transfer-encoding: chunked" in head.lower()) == chunked
+        view = json.loads(dechunk(body) if chunked else body)
+        assert view["count"] == 7
+        ids = [c["id"] for c in view["clients"]]
+        assert ids == sorted(ids)
+        assert len(ids) == 7
+        assert all(
+            c["addr"] == "{}:{}".format(*s.getsockname())
+            for c, s in zip(view["clients"], lines, strict=True)
+        )

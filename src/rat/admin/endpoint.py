@@ -27,15 +27,23 @@ loop goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from rat.admin.exposition import SORT_KEYS, clients_view, closed_view, render_metrics
+from rat.admin.exposition import (
+    SORT_KEYS,
+    STREAM_BATCH,
+    clients_stream,
+    clients_view,
+    closed_view,
+    render_metrics,
+)
 from rat.admin.telemetry import Telemetry
 from rat.listener import Acceptor, refuse
 from rat.outbuf import OutBuffer
@@ -82,7 +90,10 @@ REFUSED = (
     b"content-length: 32\r\nconnection: close\r\n\r\ntoo many admin connections open\n"
 )
 
-Response = tuple[int, str, bytes]
+STREAM_HIGH_WATER = 256 * 1024  # bytes queued before a streamed answer waits for the client
+
+# (status, content type, body): a body in pieces is sent one piece per turn.
+Response = tuple[int, str, bytes | Iterator[bytes]]
 Route = Callable[[dict[str, str]], Response]
 
 
@@ -108,6 +119,7 @@ class Admin:
         server.observer = server.hub.observer = self.telemetry
         self.conns: dict[AdminConn, None] = {}
         self.answering: list[AdminConn] = []  # valid requests, answered at turn end
+        self.streaming: dict[AdminConn, None] = {}  # answers still being written
         self.routes: dict[str, Route] = {
             "/metrics": self.metrics,
             "/clients": self.clients,
@@ -136,6 +148,8 @@ class Admin:
             for conn in ready:
                 if conn.state == ANSWERING:
                     conn.answer()
+        for conn in list(self.streaming):
+            conn.stream_more()
         self.telemetry.turn_ended()
 
     def close(self) -> None:
@@ -186,11 +200,11 @@ class Admin:
             if not text.isdigit():
                 raise HTTPError(400, f"limit must be a whole number, not {text!r}")
             limit = int(text)
-        if state == "closed":
-            view = closed_view(self.telemetry, sort, limit)
-        else:
-            view = clients_view(self.server, self.telemetry, sort, limit)
-        return 200, JSON, json_bytes(view)
+        if state == "closed":  # at most 1000 ready-made records: at once
+            return 200, JSON, json_bytes(closed_view(self.telemetry, sort, limit))
+        if limit is not None and limit <= STREAM_BATCH:  # rat top's question: at once
+            return 200, JSON, json_bytes(clients_view(self.server, self.telemetry, sort, limit))
+        return 200, JSON, clients_stream(self.server, self.telemetry, sort, limit)
 
     def healthz(self, params: dict[str, str]) -> Response:
         del params
@@ -198,8 +212,6 @@ class Admin:
 
 
 def json_bytes(view: object) -> bytes:
-    import json  # noqa: PLC0415 (only when /clients is asked for)
-
     return (json.dumps(view, separators=(",", ":")) + "\n").encode()
 
 
@@ -222,6 +234,7 @@ class AdminConn:
         "route",
         "sock",
         "state",
+        "stream",
         "timer",
     )
 
@@ -236,6 +249,7 @@ class AdminConn:
         self.route: Route | None = None
         self.params: dict[str, str] = {}
         self.head_only = False
+        self.stream: Iterator[bytes] | None = None  # the rest of a body sent in pieces
         self.interest = READABLE
         loop = admin.loop
         loop.add(self.fd, self, READABLE)
@@ -327,35 +341,73 @@ class AdminConn:
 
     # -------------------------------------------------------------- output
 
-    def respond(self, status: int, content_type: str, body: bytes, allow: bool = False) -> None:
-        """Queue the whole response (h11 frames it) and start sending it."""
-        headers = [
-            ("content-type", content_type),
-            ("content-length", str(len(body))),
-            ("cache-control", "no-store"),
-            ("connection", "close"),
-        ]
+    def respond(
+        self, status: int, content_type: str, body: bytes | Iterator[bytes], allow: bool = False
+    ) -> None:
+        """Queue the response (h11 frames it) and start sending it.
+
+        A body in pieces has no length up front: h11 sends it chunked (HTTP/1.1)
+        or delimited by the close (HTTP/1.0), one piece per turn (`stream_more`).
+        """
+        headers = [("content-type", content_type)]
+        if isinstance(body, bytes):
+            headers.append(("content-length", str(len(body))))
+        headers += [("cache-control", "no-store"), ("connection", "close")]
         if allow:
             headers.append(("allow", "GET, HEAD"))
         http = self.http
         try:
             head = h11.Response(status_code=status, headers=headers, reason=REASONS[status])
-            parts = [http.send(head)]
-            if body and not self.head_only:
-                # Passthrough: the body is queued as it is, not copied.
-                parts += http.send_with_data_passthrough(h11.Data(data=body)) or []
-            parts.append(http.send(h11.EndOfMessage()))
+            self._queue(http.send(head))
+            if isinstance(body, bytes):
+                if body and not self.head_only:
+                    self._queue_body(body)
+                self._queue(http.send(h11.EndOfMessage()))
+            elif not self.head_only:
+                self.stream = body
+                self.admin.streaming[self] = None
+            else:
+                self._queue(http.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
             # h11 cannot answer in this state (the peer already broke the
             # conversation in a way that leaves no response to send).
             self.close()
             return
-        for part in parts:
-            if part:
-                self.out.append(part)
         self.state = SENDING
         self._rearm(RESPONSE_TIMEOUT)
+        if self.stream is not None:
+            self.stream_more()
+        else:
+            self._flush()
+
+    def stream_more(self) -> None:
+        """End of turn: the next piece of a body sent in pieces (unless the client lags)."""
+        if self.stream is None or self.state != SENDING:
+            self.admin.streaming.pop(self, None)
+            return
+        if self.out.pending > STREAM_HIGH_WATER:
+            return  # its WRITABLE event brings us back once it has read some
+        piece = next(self.stream, None)
+        if piece is None:
+            self.stream = None
+            self.admin.streaming.pop(self, None)
+            self._queue(self.http.send(h11.EndOfMessage()))
+        else:
+            self._queue_body(piece)
+            self.admin.loop.resume(self)  # another turn soon, even if nothing else happens
         self._flush()
+
+    def on_resume(self) -> None:
+        """Nothing: the turn it asked for ends with `stream_more`."""
+
+    def _queue(self, wire: bytes | None) -> None:
+        if wire:
+            self.out.append(wire)
+
+    def _queue_body(self, body: bytes) -> None:
+        # Passthrough: the body is queued as it is, not copied.
+        for part in self.http.send_with_data_passthrough(h11.Data(data=body)) or []:
+            self.out.append(part)
 
     def _flush(self) -> None:
         out = self.out
@@ -374,6 +426,9 @@ class AdminConn:
                 break  # the kernel's buffer is full: WRITABLE says when to go on
         if out.pending:
             self._watch(WRITABLE)
+            return
+        if self.stream is not None:
+            self._watch(0)  # more to come at the end of a turn
             return
         # All sent: shut our side and give the client a moment to close its
         # own, so that unread input cannot turn our close into a reset that
@@ -418,3 +473,5 @@ class AdminConn:
         loop.remove(self.fd, self)
         self.sock.close()
         self.admin.conns.pop(self, None)
+        self.admin.streaming.pop(self, None)
+        self.stream = None

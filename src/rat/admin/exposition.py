@@ -9,13 +9,19 @@ grow with the number of clients (per-client detail is `/clients`).
 
 `clients_view` and `closed_view` build the `/clients` JSON: one object per
 connection, with its counts, its queue, its lag, and how long it has before
-`--max-pending` or `--write-timeout` would cut it.
+`--max-pending` or `--write-timeout` would cut it.  A long list of open
+connections is written in batches (`clients_stream`), one batch per loop
+turn: 10,000 entries take a few hundred milliseconds to build, and the
+broadcast must not wait for them.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from rat.admin.telemetry import (
@@ -26,7 +32,7 @@ from rat.admin.telemetry import (
     kernel_byte_counts,
     nick_of,
 )
-from rat.connection import Conn
+from rat.connection import CLOSED, Conn
 from rat.metrics import label, time_to_cut
 
 if TYPE_CHECKING:
@@ -111,20 +117,15 @@ def with_defaults(counts: dict[str, int], defaults: Iterable[str]) -> list[tuple
 def render_metrics(server: Server, telemetry: Telemetry) -> str:
     """The whole `/metrics` answer."""
     now = server.loop.clock()
-    transports: dict[str, int] = dict.fromkeys(TRANSPORTS, 0)
-    queued = 0
+    # The open connections are the loop's handlers that are Conns.  Most of
+    # them have nothing queued: they count as lag 0 without a look at each.
+    conns = server.connections()
+    transports = Counter(dict.fromkeys(TRANSPORTS, 0))
+    transports.update(map(attrgetter("transport"), conns))
+    waiting = [conn for conn in conns if conn.pending]
+    queued = sum(conn.pending for conn in waiting)
     lag = Histogram(LAG_BUCKETS)
-    # One pass over the open connections (the loop's handler table).
-    for handler in server.loop.handlers.values():
-        if isinstance(handler, Conn):
-            kind = handler.transport
-            transports[kind] = transports.get(kind, 0) + 1
-            pending = handler.pending
-            if pending:
-                queued += pending
-                lag.observe(handler.lag(now))
-            else:
-                lag.observe(0.0)
+    lag.observe_all([conn.lag(now) for conn in waiting], zeros=len(conns) - len(waiting))
     c = server.counters
     out = Exposition()
     out.by_label(
@@ -203,17 +204,22 @@ def client_view(
     """One open connection, as /clients lists it."""
     stats = telemetry.clients.get(conn)
     pending = conn.pending
-    rates = conn.drain(now)
-    drain, growth = rates if rates is not None else (None, None)
-    limits = server.limits
-    by_limit, by_timeout = time_to_cut(
-        pending=pending,
-        limit=limits.max_pending,
-        growth=growth,
-        last_progress=conn.last_progress,
-        write_timeout=limits.write_timeout,
-        now=now,
-    )
+    drain = growth = by_limit = by_timeout = None
+    lag = 0.0
+    if pending:  # (most clients have nothing queued: no lag, no rates, no deadline)
+        lag = conn.lag(now)
+        rates = conn.drain(now)
+        if rates is not None:
+            drain, growth = rates
+        limits = server.limits
+        by_limit, by_timeout = time_to_cut(
+            pending=pending,
+            limit=limits.max_pending,
+            growth=growth,
+            last_progress=conn.last_progress,
+            write_timeout=limits.write_timeout,
+            now=now,
+        )
     counts = kernel_byte_counts(conn) if kernel_counts else None
     bytes_out, bytes_in = counts or (None, None)
     return {
@@ -230,7 +236,7 @@ def client_view(
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "queued_bytes": pending,
-        "lag_seconds": round(conn.lag(now), 6),
+        "lag_seconds": round(lag, 6),
         "drain_bytes_per_second": None if drain is None else round(drain, 1),
         "queue_growth_bytes_per_second": None if growth is None else round(growth, 1),
         "until_max_pending_seconds": None if by_limit is None else round(by_limit, 3),
@@ -239,6 +245,7 @@ def client_view(
 
 
 SORT_KEYS = ("id", "lag", "queued")
+STREAM_BATCH = 200  # /clients entries built per loop turn
 
 
 def clients_view(
@@ -246,14 +253,7 @@ def clients_view(
 ) -> dict[str, Any]:
     """The open connections, sorted by `sort` (laggiest, fullest first), at most `limit`."""
     now = server.loop.clock()
-    conns = server.connections()
-    if sort == "lag":
-        # Lag first, then queue size: clients with the same lag (0) stay in a useful order.
-        conns.sort(key=lambda conn: (conn.lag(now), conn.pending), reverse=True)
-    elif sort == "queued":
-        conns.sort(key=lambda conn: conn.pending, reverse=True)
-    else:
-        conns.sort(key=lambda conn: _id_of(telemetry, conn))
+    conns = sorted_connections(server, telemetry, sort, now)
     total = len(conns)
     if limit is not None:
         conns = conns[:limit]
@@ -262,6 +262,46 @@ def clients_view(
         "count": total,
         "clients": [client_view(server, telemetry, conn, now) for conn in conns],
     }
+
+
+def clients_stream(
+    server: Server, telemetry: Telemetry, sort: str = "id", limit: int | None = None
+) -> Iterator[bytes]:
+    """`clients_view` as JSON text in pieces: the caller takes one piece per loop turn.
+
+    The order is fixed at the start; each entry is as of its own batch, and a
+    connection that closed before its batch is left out (`count` is as of the
+    start).
+    """
+    conns = sorted_connections(server, telemetry, sort, server.loop.clock())
+    total = len(conns)
+    if limit is not None:
+        conns = conns[:limit]
+    yield f'{{"state":"open","count":{total},"clients":['.encode()
+    separator = ""
+    for start in range(0, len(conns), STREAM_BATCH):
+        now = server.loop.clock()
+        batch = [
+            client_view(server, telemetry, conn, now)
+            for conn in conns[start : start + STREAM_BATCH]
+            if conn.state != CLOSED
+        ]
+        if batch:
+            yield (separator + json.dumps(batch, separators=(",", ":"))[1:-1]).encode()
+            separator = ","
+    yield b"]}\n"
+
+
+def sorted_connections(server: Server, telemetry: Telemetry, sort: str, now: float) -> list[Conn]:
+    conns = server.connections()
+    if sort == "lag":
+        # Lag first, then queue size: clients with the same lag (0) stay in a useful order.
+        conns.sort(key=lambda conn: (conn.lag(now), conn.pending), reverse=True)
+    elif sort == "queued":
+        conns.sort(key=lambda conn: conn.pending, reverse=True)
+    else:
+        conns.sort(key=lambda conn: _id_of(telemetry, conn))
+    return conns
 
 
 def _id_of(telemetry: Telemetry, conn: Conn) -> int:

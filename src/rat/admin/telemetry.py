@@ -41,10 +41,11 @@ decided to close it, before a slow consumer's queue is cut).
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -93,11 +94,11 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 def kernel_byte_counts(conn: Conn) -> tuple[int, int] | None:
     """(bytes the peer acknowledged, bytes received) on `conn`'s TCP socket; None if unknown."""
     sock = conn.sock
-    if _TCP_INFO is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if _TCP_INFO is None:
         return None
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
-    except OSError:
+    except OSError:  # not TCP (a Unix socket), or closed
         return None
     if len(raw) < _TCP_INFO_SIZE:  # a kernel older than 4.1
         return None
@@ -125,6 +126,20 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.count += 1
         self.total += value
+
+    def observe_all(self, values: list[float], zeros: int = 0) -> None:
+        """Many values at once (sorted here), plus `zeros` observations of 0."""
+        values.sort()
+        counts = self.counts
+        counts[0] += zeros
+        start = 0
+        for i, bound in enumerate(self.bounds):
+            end = bisect_right(values, bound, start)
+            counts[i] += end - start
+            start = end
+        counts[-1] += len(values) - start
+        self.count += zeros + len(values)
+        self.total += math.fsum(values)
 
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, observations <= it), ending with (inf, count)."""
@@ -193,6 +208,7 @@ class Telemetry:
         self.closed_log: deque[dict[str, Any]] = deque(maxlen=CLOSED_KEPT)
         self.turn_times = Histogram(TURN_BUCKETS)
         self._turn_started = self.started
+        self._second: tuple[int, str] = (-1, "")  # the last whole second formatted
 
     # --------------------------------------------------------------- Observer
 
@@ -284,5 +300,7 @@ class Telemetry:
     def wall_time(self, when: float) -> str:
         """A loop-clock time as ISO 8601 UTC ('2026-05-09T07:35:25.123Z')."""
         stamp = self.started_wall + (when - self.started)
-        whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
-        return f"{whole}.{int(stamp % 1 * 1000):03d}Z"
+        second = int(stamp)
+        if second != self._second[0]:  # clients connected in the same second share it
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int((stamp - second) * 1000):03d}Z"
