@@ -148,8 +148,9 @@ class Admin:
             for conn in ready:
                 if conn.state == ANSWERING:
                     conn.answer()
-        for conn in list(self.streaming):
-            conn.stream_more()
+        if self.streaming:
+            for conn in list(self.streaming):
+                conn.stream_more()
         self.telemetry.turn_ended()
 
     def close(self) -> None:
