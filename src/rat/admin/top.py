@@ -27,6 +27,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -284,6 +285,11 @@ def run(
                 out.write("\n".join(frame) + "\n\n")
             out.flush()
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # Whoever read our output has gone (`rat top | head`): stop quietly,
+        # and let nothing more be written to the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
         return 0
     finally:
         if live:
