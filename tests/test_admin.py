@@ -155,6 +155,16 @@ def sample(families: dict[str, Any], name: str, **labels: str) -> float:
     raise KeyError(name)
 
 
+def three_clients(
+    server: ServerProcess, sockets: Sockets
+) -> tuple[socket.socket, socket.socket, socket.socket]:
+    """(stalled, reader, sender): the first never reads and has a tiny receive buffer."""
+    stalled = sockets.connect(server, rcvbuf=4096)
+    reader, sender = sockets.connect(server), sockets.connect(server)
+    sync_clients(server, [stalled, reader])
+    return stalled, reader, sender
+
+
 def fill_queue(
     admin: int, stalled: socket.socket, sender: socket.socket, reader: socket.socket
 ) -> int:
@@ -172,6 +182,17 @@ def fill_queue(
 
 def assert_no_traceback(server: ServerProcess) -> None:
     assert "Traceback" not in server.stderr, server.stderr
+
+
+def run_rat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rat", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PYTHONPATH": str(SRC)},
+        check=False,
+    )
 
 
 # ---------------------------------------------------------------- /metrics
@@ -273,9 +294,7 @@ def test_lag_rises_while_a_client_stalls_and_falls_when_it_reads(
     rat_server: RatServer, sockets: Sockets
 ) -> None:
     server, admin = admin_server(rat_server, "--max-pending", BIG_PENDING)
-    stalled = sockets.connect(server, rcvbuf=4096)
-    reader, sender = sockets.connect(server), sockets.connect(server)
-    sync_clients(server, [stalled, reader])
+    stalled, reader, sender = three_clients(server, sockets)
     sent = fill_queue(admin, stalled, sender, reader)
 
     first = entry(admin, stalled)
@@ -313,9 +332,7 @@ def test_cut_slow_consumer_is_in_the_closed_log_with_its_lag(
 ) -> None:
     limit = 256 * 1024
     server, admin = admin_server(rat_server, "--max-pending", str(limit))
-    stalled = sockets.connect(server, rcvbuf=4096)
-    reader, sender = sockets.connect(server), sockets.connect(server)
-    sync_clients(server, [stalled, reader])
+    stalled, reader, sender = three_clients(server, sockets)
     for _ in range(512):  # at most 32 MiB
         sender.sendall(LINE * BATCH)
         assert recv_lines(reader, BATCH) == [LINE] * BATCH
@@ -340,9 +357,7 @@ def test_write_timeout_is_in_the_closed_log_with_its_lag(
     rat_server: RatServer, sockets: Sockets
 ) -> None:
     server, admin = admin_server(rat_server, "--write-timeout", "0.5", "--max-pending", BIG_PENDING)
-    stalled = sockets.connect(server, rcvbuf=4096)
-    reader, sender = sockets.connect(server), sockets.connect(server)
-    sync_clients(server, [stalled, reader])
+    stalled, reader, sender = three_clients(server, sockets)
     fill_queue(admin, stalled, sender, reader)
     line = server.wait_for_log(re.escape(addr(stalled)) + r"(?!\d): write timeout \(.*").group(0)
     assert re.search(r"bytes queued; lag \d+\.\d+s, draining ", line), line
@@ -440,14 +455,7 @@ def test_admin_port_in_use_is_one_line_and_exit_1() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "rat", "serve", "--port", "0", "--admin", str(port)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={"PYTHONPATH": str(SRC)},
-            check=False,
-        )
+        result = run_rat("serve", "--port", "0", "--admin", str(port))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"rat: cannot listen on admin 127.0.0.1:{port}: Address already in use"
@@ -473,24 +481,11 @@ def test_plain_server_does_not_load_the_admin_package() -> None:
 # ---------------------------------------------------------------- rat top, json logs
 
 
-def run_rat(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rat", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PYTHONPATH": str(SRC)},
-        check=False,
-    )
-
-
 def test_rat_top_once_shows_rates_and_the_laggiest_client(
     rat_server: RatServer, sockets: Sockets
 ) -> None:
     server, admin = admin_server(rat_server, "--max-pending", BIG_PENDING)
-    stalled = sockets.connect(server, rcvbuf=4096)
-    reader, sender = sockets.connect(server), sockets.connect(server)
-    sync_clients(server, [stalled, reader])
+    stalled, reader, sender = three_clients(server, sockets)
     fill_queue(admin, stalled, sender, reader)
 
     result = run_rat("top", f"127.0.0.1:{admin}", "--once", "--interval", "0.3")
