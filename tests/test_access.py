@@ -8,6 +8,7 @@ it can send or receive anything, and that the refusal is counted.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import re
 import socket
@@ -194,3 +195,22 @@ def test_rules_from_the_environment_take_a_list(
         sock.connect((server.host, server.port))
         assert read_until_eof(sock) == b""
         sock.close()
+
+
+def test_admin_endpoint_counts_denied_connections(rat_server: StartServer) -> None:
+    server = start(rat_server, "--deny", "127.0.0.2/32", "--admin", "0")
+    m = re.search(r"admin \S+:(\d+)", server.stderr)
+    assert m, server.stderr
+    denied = socket.socket()
+    denied.bind(("127.0.0.2", 0))
+    denied.settimeout(5)
+    denied.connect((server.host, server.port))
+    assert read_until_eof(denied) == b""
+    denied.close()
+    admin = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=10)
+    try:
+        admin.request("GET", "/metrics")
+        body = admin.getresponse().read().decode()
+    finally:
+        admin.close()
+    assert 'rat_connections_rejected_total{reason="denied"} 1' in body, body

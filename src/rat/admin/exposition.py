@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 # Labels every scrape shows, even at 0, so that dashboards and alerts find
 # the series before the first such event.
-TRANSPORTS = ("tcp", "tls", "ws", "unix")
+TRANSPORTS = ("tcp", "tls", "ws", "wss", "unix")
 DISCONNECT_REASONS = (
     "eof",
     "reset",
@@ -143,7 +143,11 @@ def render_metrics(server: Server, telemetry: Telemetry) -> str:
         "counter",
         "Client connections refused at accept, by reason.",
         "reason",
-        [("out_of_descriptors", c.rejected_busy), ("server_full", c.rejected_full)],
+        [
+            ("denied", c.rejected_denied),  # --allow/--deny (rat.access)
+            ("out_of_descriptors", c.rejected_busy),
+            ("server_full", c.rejected_full),
+        ],
     )
     out.by_label(
         "rat_disconnects_total",
