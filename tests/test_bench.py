@@ -12,24 +12,33 @@ stream) hands every anomaly to the exact slow path.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import selectors
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess, terminate
+from benchkit import (
+    CHAT,
+    FANOUT,
+    FANOUT2,
+    IDLE,
+    IDS,
+    PEERS,
+    FaultyRelay,
+    PeerProcess,
+    assert_clean,
+    bench,
+    faulty_relays,
+    run_ratbench,
+)
+from conftest import ServerProcess
 from ratbench import add_arguments, config_from_args
 from ratbench.check import LatencyHistogram, SeqTracker, percentiles, round_down_3
 from ratbench.wire import (
@@ -43,10 +52,6 @@ from ratbench.wire import (
     resp_command,
     sync_line,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "src"
-PEERS = ROOT / "bench" / "peers"
 
 # -- the line format -------------------------------------------------------------
 
@@ -326,61 +331,6 @@ def test_arguments() -> None:
 # -- real runs ----------------------------------------------------------------------------------
 
 
-def bench(port: int, *argv: str, pid: int | None = None, timeout: float = 60) -> dict[str, Any]:
-    """Run `python -m ratbench ... --json`; return the summary (and check the exit code)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "ratbench", *argv, "--port", str(port), "--json"]
-    if pid is not None:
-        cmd += ["--server-pid", str(pid)]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
-    )
-    assert proc.returncode in (0, 1), proc.stderr.decode(errors="replace")
-    summary: dict[str, Any] = json.loads(proc.stdout)
-    assert proc.returncode == (0 if summary["anomalies"] == 0 else 1)
-    return summary
-
-
-def assert_clean(s: dict[str, Any]) -> None:
-    bad = {
-        k: s[k]
-        for k in ("lost", "reordered", "duplicated", "malformed", "echoed", "disconnected")
-        if s[k]
-    }
-    assert not bad, (bad, s)
-    assert s["delivered"] == s["expected"] > 0
-    assert s["complete"]
-    assert s["latency_samples"] > 0
-
-
-CHAT = ["chat", "--clients", "5", "--rate", "400", "--duration", "1", "--grace", "5"]
-FANOUT = ["fanout", "--subscribers", "20", "--duration", "1", "--grace", "5"]
-FANOUT2 = ["fanout", "--publishers", "3", "--subscribers", "8", "--workers", "2", "--duration", "1"]
-IDLE = ["idle", "--connections", "200", "--hold", "0.3"]
-IDS = ["chat", "fanout", "fanout-3-publishers-2-workers", "idle"]
-
-
-class PeerProcess:
-    """A peer server (`bench/peers/...`) as a child process."""
-
-    def __init__(self, cmd: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline().decode()
-        if "listening on" not in line:
-            self.stop()
-            raise RuntimeError(f"peer did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        terminate(self.proc)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-
 @pytest.fixture
 def asyncio_peer() -> Iterator[PeerProcess]:
     peer = PeerProcess(
@@ -414,15 +364,7 @@ def test_smoke_rat(rat_server: Callable[..., ServerProcess], scenario: list[str]
 def test_smoke_rat_table_output(rat_server: Callable[..., ServerProcess]) -> None:
     """Without --json: the human table, exit status 0."""
     server = rat_server()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-m", "ratbench", *CHAT, "--port", str(server.port)],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_ratbench(*CHAT, "--port", str(server.port))
     out = proc.stdout.decode()
     assert proc.returncode == 0, proc.stderr.decode()
     for word in ("published", "delivered", "latency", "lost 0", "generator", "verdict"):
@@ -433,18 +375,11 @@ def test_unreachable_server_fails_cleanly() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connection refused
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-        proc = subprocess.run(
-            [sys.executable, "-m", "ratbench", "chat", "--port", str(port), "--duration", "1"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        proc = run_ratbench("chat", "--port", str(port), "--duration", "1")
     assert proc.returncode == 3
     err = proc.stderr.decode()
-    assert "rat bench:" in err and "Traceback" not in err
+    assert "rat bench: cannot connect to 127.0.0.1:" in err and "Traceback" not in err
+    assert "is the server running" in err
 
 
 @pytest.fixture
@@ -487,85 +422,11 @@ def test_smoke_redis(redis_port: tuple[int, int], scenario: list[str]) -> None:
 
 # -- a faulty relay: every injected fault must be counted exactly ---------------------------
 
-Fault = Callable[[int, int, bytes], list[bytes]]
-
-
-class FaultyRelay:
-    """A small relay (thread) that passes each line through `fault(receiver, n, line)`.
-
-    `receiver` numbers connections in accept order, `n` counts the lines sent to
-    that receiver so far (0 is the sync line), and the returned lines are sent
-    instead.  Everything else follows the protocol.
-    """
-
-    def __init__(self, fault: Fault, echo: bool = False) -> None:
-        self.fault = fault
-        self.echo = echo
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sel = selectors.DefaultSelector()
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        self.sel.register(self.listener, selectors.EVENT_READ)
-        clients: dict[socket.socket, list[Any]] = {}  # sock -> [number, lines sent, partial]
-        accepted = 0
-        while not self.stop_flag.is_set():
-            for key, _ in self.sel.select(0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock is self.listener:
-                    conn, _ = self.listener.accept()
-                    clients[conn] = [accepted, 0, b""]
-                    accepted += 1
-                    self.sel.register(conn, selectors.EVENT_READ)
-                    continue
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    self.sel.unregister(sock)
-                    del clients[sock]
-                    sock.close()
-                    continue
-                state = clients[sock]
-                buf = state[2] + data
-                *lines, state[2] = buf.split(b"\n")
-                for line in lines:
-                    for other, ostate in list(clients.items()):
-                        if other is sock and not self.echo:
-                            continue
-                        out = self.fault(ostate[0], ostate[1], line + b"\n")
-                        ostate[1] += 1
-                        try:
-                            other.sendall(b"".join(out))
-                        except OSError:
-                            pass
-        for sock in clients:
-            sock.close()
-        self.listener.close()
-        self.sel.close()
-
-    def stop(self) -> None:
-        self.stop_flag.set()
-        self.thread.join(10)
-
 
 @pytest.fixture
 def faulty() -> Iterator[Callable[..., FaultyRelay]]:
-    relays: list[FaultyRelay] = []
-
-    def start(fault: Fault, echo: bool = False) -> FaultyRelay:
-        relay = FaultyRelay(fault, echo)
-        relays.append(relay)
-        return relay
-
-    yield start
-    for relay in relays:
-        relay.stop()
+    """`faulty(fault, echo=False, host=...)` starts a `FaultyRelay`."""
+    yield from faulty_relays()
 
 
 def faulty_chat(relay: FaultyRelay) -> dict[str, Any]:
@@ -581,7 +442,7 @@ def test_faithful_relay_is_clean(faulty: Callable[..., FaultyRelay]) -> None:
     assert s["slow_path_receivers"] == 0  # all checked on the fast path
 
 
-@pytest.mark.parametrize("victim", [0, 2], ids=["first-connection", "third-connection"])
+@pytest.mark.parametrize("victim", [1, 3], ids=["reference", "third-client"])
 def test_dropped_line_is_lost(faulty: Callable[..., FaultyRelay], victim: int) -> None:
     s = faulty_chat(faulty(lambda r, n, line: [] if (r, n) == (victim, 40) else [line]))
     assert s["lost"] == 1

@@ -13,7 +13,9 @@ implements the relay only, not rat's limits.
 
     python bench/peers/asyncio_server.py --port 8080            # stdlib loop
     python bench/peers/asyncio_server.py --port 8080 --uvloop   # uvloop's loop
-(`RAT_PEER_UVLOOP=1` in the environment also selects uvloop.)
+    python bench/peers/asyncio_server.py --port 8443 --uvloop --tls-cert C --tls-key K
+(`RAT_PEER_UVLOOP=1` in the environment also selects uvloop.)  With a
+certificate and key it speaks TLS only: the TLS peer for `rat bench --tls`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import importlib
 import os
 import signal
+import ssl
 import sys
 from typing import cast
 
@@ -67,10 +70,10 @@ class Relay(asyncio.Protocol):
                 client.transport.write(lines)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     clients: set[Relay] = set()
-    server = await loop.create_server(lambda: Relay(clients), host, port, backlog=1024)
+    server = await loop.create_server(lambda: Relay(clients), host, port, backlog=1024, ssl=tls)
     sock_host, sock_port = server.sockets[0].getsockname()[:2]
     print(f"listening on {sock_host}:{sock_port}", file=sys.stderr, flush=True)
     stop = loop.create_future()
@@ -93,12 +96,18 @@ def main() -> int:
         default=os.environ.get("RAT_PEER_UVLOOP") == "1",
         help="run on uvloop's event loop",
     )
+    parser.add_argument("--tls-cert", default=None, help="certificate (PEM): speak TLS")
+    parser.add_argument("--tls-key", default=None, help="its private key (PEM)")
     args = parser.parse_args()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     if args.uvloop:
         uvloop = importlib.import_module("uvloop")  # optional: the `bench` extra
-        uvloop.run(serve(args.host, args.port))
+        uvloop.run(serve(args.host, args.port, tls))
     else:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, tls))
     return 0
 
 

@@ -14,26 +14,8 @@
 //     node bench/peers/node_server.js [--host 127.0.0.1] [--port 8080]
 'use strict';
 
+const { parseArgs } = require('./args');
 const net = require('net');
-
-function parseArgs(argv) {
-  const opts = { host: '127.0.0.1', port: 8080 };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if ((arg === '--host' || arg === '--port') && i + 1 < argv.length) {
-      opts[arg.slice(2)] = argv[++i];
-    } else {
-      console.error(`usage: node_server.js [--host HOST] [--port PORT] (bad argument: ${arg})`);
-      process.exit(2);
-    }
-  }
-  opts.port = Number(opts.port);
-  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) {
-    console.error(`bad port: ${opts.port}`);
-    process.exit(2);
-  }
-  return opts;
-}
 
 const NEWLINE = Buffer.from('\n');
 const clients = new Set();
@@ -74,7 +56,7 @@ function onConnection(socket) {
 }
 
 function main() {
-  const { host, port } = parseArgs(process.argv.slice(2));
+  const { host, port } = parseArgs(process.argv.slice(2), 'node_server.js', 8080);
   const server = net.createServer({ allowHalfOpen: true, noDelay: true }, onConnection);
   server.on('error', (err) => {
     console.error(`cannot listen on ${host}:${port}: ${err.message}`);

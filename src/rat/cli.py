@@ -19,7 +19,9 @@ from typing import Any
 from rat import __version__
 from rat.argtypes import real_number, whole_number
 from rat.config import (
+    DEFAULT_ANNOUNCE_MAX,
     DEFAULT_COALESCE_MS,
+    DEFAULT_HISTORY,
     DEFAULT_HOST,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_LINE,
@@ -27,6 +29,7 @@ from rat.config import (
     DEFAULT_PORT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_WRITE_TIMEOUT,
+    MAX_HISTORY,
     Config,
     Limits,
 )
@@ -138,6 +141,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGINT/SIGTERM/SIGHUP, how long to flush queued output before exiting",
     )
+    _add_chat_options(serve)
     serve.epilog = (
         "Every option can also be set in the environment: --max-line is RAT_MAX_LINE,"
         " a switch is on for 1/true/yes.  The command line wins."
@@ -155,6 +159,68 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         if bench_module is not None:
             bench_module.add_arguments(bench)
     return parser
+
+
+# --- chat mode (issue 12): --chat, --history, --announce-max -------------------
+
+
+def _add_chat_options(serve: argparse.ArgumentParser) -> None:
+    chat = serve.add_argument_group("chat mode")
+    chat.add_argument(
+        "--chat",
+        action="store_true",
+        help="chat server: nicks, rooms (#lobby first), /commands, '<nick> ' before each"
+        " message (default: lines relayed verbatim to everyone)",
+    )
+    chat.add_argument(
+        "--history",
+        type=whole_number(0, MAX_HISTORY),
+        default=DEFAULT_HISTORY,
+        metavar="N",
+        help="chat mode: a client joining a room first gets its last N messages",
+    )
+    chat.add_argument(
+        "--announce-max",
+        type=whole_number(0),
+        default=DEFAULT_ANNOUNCE_MAX,
+        metavar="N",
+        help="chat mode: rooms with more than N members get no join/leave notices",
+    )
+
+
+def _check_chat_options(serve: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--history and --announce-max mean something only with --chat: say so."""
+    if args.chat:
+        return
+    for option, value, default in (
+        ("--history", args.history, DEFAULT_HISTORY),
+        ("--announce-max", args.announce_max, DEFAULT_ANNOUNCE_MAX),
+    ):
+        if value != default:
+            variable = ENV_PREFIX + option[2:].replace("-", "_").upper()
+            serve.error(
+                f"{option} (or {variable}) applies only in chat mode: add --chat (or RAT_CHAT=1)"
+            )
+
+
+def _server_class(config: Config) -> type[Server]:
+    """`Server`, or with --chat `rat.chat.server.ChatServer` (imported only then)."""
+    if not config.chat:
+        return Server
+    from rat.chat.server import ChatServer  # noqa: PLC0415 (only with --chat)
+
+    return ChatServer
+
+
+def _chat_details(config: Config) -> list[str]:
+    """What the 'listening on' line says about chat mode."""
+    if not config.chat:
+        return []
+    history = f"history {config.history}" if config.history else "no history"
+    return [f"chat mode ({history}, join/leave notices up to {config.announce_max} members)"]
+
+
+# --- end of chat mode ------------------------------------------------------------
 
 
 def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
@@ -203,6 +269,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         trace=args.trace,
         backlog=args.backlog,
         coalesce_ms=args.coalesce_ms,
+        chat=args.chat,
+        history=args.history,
+        announce_max=args.announce_max,
         limits=Limits(
             max_line=args.max_line,
             max_pending=args.max_pending,
@@ -235,7 +304,7 @@ def serve(config: Config) -> int:
         poller.close()
         return 1
     nofile = raise_nofile_limit()
-    server = Server(listeners, poller, config)
+    server = _server_class(config)(listeners, poller, config)
 
     def ready() -> None:
         details = [f"pid {os.getpid()}", f"backend {poller.name}", f"descriptor limit {nofile}"]
@@ -243,6 +312,7 @@ def serve(config: Config) -> int:
             details.append("echo on")
         if config.coalesce_ms:
             details.append(f"coalescing {config.coalesce_ms:g} ms")
+        details += _chat_details(config)
         announce(f"listening on {', '.join(server.addresses)} ({', '.join(details)})")
 
     return server.serve_forever(ready=ready)
@@ -260,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command == "serve":
+        _check_chat_options(_subparser(parser, "serve"), args)
         return serve(config_from_args(args))
     bench_module = _bench_module()
     if bench_module is None:

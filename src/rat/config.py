@@ -22,6 +22,10 @@ DEFAULT_WRITE_TIMEOUT = 30.0  # seconds without progress on queued output
 DEFAULT_MAX_CLIENTS = 10000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds to flush on SIGINT/SIGTERM/SIGHUP
 DEFAULT_COALESCE_MS = 0.0  # hold deliveries this long after the previous one (0: off)
+# Chat mode (rat.chat)
+DEFAULT_HISTORY = 0  # messages kept per room for joiners (0: none)
+MAX_HISTORY = 10000
+DEFAULT_ANNOUNCE_MAX = 100  # rooms with more members get no join/leave notices
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,4 +51,8 @@ class Config:
     trace: bool = False
     backlog: int = 0  # listen() backlog; 0: the system's somaxconn
     coalesce_ms: float = DEFAULT_COALESCE_MS
+    # Chat mode (rat.chat): nicks, rooms, commands.
+    chat: bool = False
+    history: int = DEFAULT_HISTORY
+    announce_max: int = DEFAULT_ANNOUNCE_MAX
     limits: Limits = field(default_factory=Limits)

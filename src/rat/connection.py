@@ -341,6 +341,16 @@ class Conn(OutBuffer):
             else:
                 self.update_interest()  # ask for WRITABLE
 
+    def send_lines(self, block: bytes) -> None:
+        """Lines (whole, newline-terminated) for this client alone: a chat reply.
+
+        Queued behind what is already queued, like a broadcast.  Callers hand
+        over application bytes; a layered connection overrides this to encode
+        them for its wire (a WebSocket frames each line).
+        """
+        if self.state == OPEN:
+            self.queue([block], self.server.loop.clock())
+
     def drop_slow_consumer(self) -> None:
         """Its queue passed --max-pending: best-effort ERR, close."""
         log.warning(

@@ -29,6 +29,7 @@ Guarantees that follow from this shape:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +110,17 @@ class Turn:
 class Room:
     """A set of members and the lines published to them this turn."""
 
-    __slots__ = ("_blocks", "_lines", "_own", "_size", "echo", "layered", "name", "plain")
+    __slots__ = (
+        "_blocks",
+        "_lines",
+        "_own",
+        "_size",
+        "echo",
+        "history",
+        "layered",
+        "name",
+        "plain",
+    )
 
     def __init__(self, name: str, echo: bool = False) -> None:
         self.name = name
@@ -121,6 +132,9 @@ class Room:
         self._own: dict[Hashable, tuple[list[tuple[int, int]], int]] = {}
         self._size = 0
         self._lines = 0
+        # Chat mode's ring of the room's last `--history` messages (rat.chat).
+        # It lives here so that it is forgotten with the room.
+        self.history: deque[bytes] | None = None
 
     def __len__(self) -> int:
         """How many members."""

@@ -169,6 +169,11 @@ class LayeredConn(Conn):
             self.server.counters.deliveries += lines
             self.queue([wire], now)
 
+    def send_lines(self, block: bytes) -> None:
+        """Lines for this client alone (a chat reply), encoded by the layer."""
+        if self.state == OPEN:
+            self.queue([self.layer.encode(block)], self.server.loop.clock())
+
     def close_gracefully(
         self,
         reason: str,

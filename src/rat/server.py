@@ -395,7 +395,13 @@ class Server:
                 if tracing:
                     conn.note_short_send(sent, size)
                 conn.last_progress = now  # the write-timeout clock starts now
-                conn.append(memoryview(data)[sent:] if sent else data)
+                # The whole turn, its sent part marked as sent (not a slice
+                # of the rest): the queue must know that its first line is
+                # partly on the wire, so that a cut finishes that line
+                # before an ERR (OutBuffer.cut_to_line_end).
+                conn.append(data)
+                if sent:
+                    conn.advance(sent)
                 if conn.over_limit:
                     conn.drop_slow_consumer()
                 else:

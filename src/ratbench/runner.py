@@ -23,39 +23,33 @@ by `--duration` and `--max-lines`, the drain by `--grace`.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import random
-import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ratbench.check import LatencyHistogram
+from ratbench.connect import Probe, show_address
+from ratbench.errors import BenchError
+from ratbench.pipe import WorkerPool
+from ratbench.plan import Target, WorkerPlan, WorkerResult
+from ratbench.poller import client_tls, raise_nofile
 from ratbench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
 from ratbench.wire import encode_line, make_wire, sync_line
-from ratbench.worker import BenchError, WorkerPlan, WorkerResult, raise_nofile, worker_main
+from ratbench.worker import worker_main
 
 GO_DELAY_NS = 50_000_000  # "go" names a start this far ahead, so workers start together
-REPEAT_S = 1.0  # the sync line is sent again this often until every receiver has it
 
 
 @dataclass
-class Config:
+class Config(Target):
     """One benchmark run, as given on the command line."""
 
-    scenario: str  # chat | fanout | idle
-    host: str = "127.0.0.1"
-    port: int = 8080
-    proto: str = "line"
-    server_pid: int | None = None
-    duration: float = 3.0
+    scenario: str = "chat"  # chat | fanout | idle (connect: see ratbench.churn)
     grace: float = 3.0
-    line_size: int = 64
-    workers: int = 1
     clients: int = 10  # chat
     rate: float = 1000.0  # chat: total lines/s; fanout: 0 = max
     publishers: int = 1  # fanout
@@ -65,9 +59,12 @@ class Config:
     hold: float = 2.0  # idle
     max_lines: int = 0  # total cap on published lines; 0 = none
     latency_receivers: int = -2  # -2: automatic; -1: all
+    pattern: str = "even"  # with a rate: even | ticks
     tick_ms: float = 5.0
-    setup_timeout: float = 30.0
-    progress: bool = False
+    ws_fraction: float = 0.0  # this share of the clients use WebSocket, on ws_port
+    ws_port: int | None = None
+    tls: bool = False  # wrap every connection in TLS (verify with tls_ca, if given)
+    tls_ca: str | None = None
 
 
 @dataclass
@@ -98,16 +95,20 @@ class Coordinator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.wire = make_wire(cfg.proto, cfg.line_size)
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
+        self.pool = WorkerPool()
+        self.pool.on_tick = self.tick
         self.outcome = Outcome(cfg)
-        self.progress: dict[int, tuple[int, int]] = {}
         self.next_sample = 0.0
         self.progress_shown = False
 
     # -- planning --------------------------------------------------------------
 
-    def plans(self, nonce: int) -> list[WorkerPlan]:
+    def plans(
+        self,
+        nonce: int,
+        address: tuple[int, Any] | None = None,
+        ws_address: tuple[int, Any] | None = None,
+    ) -> list[WorkerPlan]:
         cfg = self.cfg
         clients: list[tuple[int, bool, bool]]
         rate = 0.0
@@ -119,12 +120,15 @@ class Coordinator:
             clients += [(0, False, True)] * cfg.subscribers
             rate = cfg.rate / cfg.publishers if cfg.rate > 0 else 0.0
         else:
-            clients = [(0, False, True)] * cfg.connections
+            # The probe is one of the connections: it sends the final broadcast.
+            clients = [(0, False, True)] * (cfg.connections - 1)
         publishers = sum(1 for c in clients if c[1])
         workers = max(1, min(cfg.workers, len(clients)))
         shares: list[list[tuple[int, bool, bool]]] = [[] for _ in range(workers)]
+        on_ws: list[list[bool]] = [[] for _ in range(workers)]
         for i, c in enumerate(clients):
             shares[i % workers].append(c)
+            on_ws[i % workers].append(uses_ws(i, cfg.ws_fraction))
         per_pub = 10**9
         if cfg.max_lines > 0 and publishers:
             per_pub = max(1, cfg.max_lines // publishers)
@@ -132,7 +136,9 @@ class Coordinator:
         if lat == -2:  # automatic: keep timed deliveries near 500k/s at most
             receivers = sum(1 for c in clients if c[2]) + (1 if cfg.scenario == "chat" else 0)
             if cfg.scenario == "chat":
-                lat = -1 if cfg.rate * receivers <= 500_000 else max(8, int(500_000 / cfg.rate))
+                # even: each timed line is a wake-up of its own, so fewer of them
+                budget = 50_000 if cfg.pattern == "even" else 500_000
+                lat = -1 if cfg.rate * receivers <= budget else max(8, int(budget / cfg.rate))
             elif cfg.scenario == "fanout":
                 lat = 8
             else:
@@ -154,60 +160,19 @@ class Coordinator:
                 latency_receivers=per_worker,
                 tick_ns=int(cfg.tick_ms * 1e6),
                 connect_timeout=cfg.setup_timeout,
+                pattern=cfg.pattern,
+                publishers_total=max(1, publishers),
+                address=address,
+                ws_clients=on_ws[i] if cfg.ws_fraction > 0 else [],
+                ws_address=ws_address,
+                ws_where=show_address(cfg.host, cfg.ws_port or 0),
+                tls=cfg.tls,
+                tls_ca=cfg.tls_ca,
             )
             for i, share in enumerate(shares)
         ]
 
-    # -- talking to workers ------------------------------------------------------
-
-    def start_workers(self, plans: list[WorkerPlan]) -> None:
-        # fork: the workers need nothing re-imported, and the coordinator has no threads.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx: Any = multiprocessing.get_context(method)
-        for plan in plans:
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(plan, theirs), daemon=True)
-            proc.start()
-            theirs.close()
-            self.pipes.append(ours)
-            self.procs.append(proc)
-
-    def gather(
-        self, kind: str, deadline: float, repeat: Callable[[], None] | None = None
-    ) -> list[tuple[Any, ...]]:
-        """One `kind` message from every worker (progress handled on the way).
-
-        `repeat`, if given, is called every `REPEAT_S` seconds while waiting.
-        """
-        got: dict[int, tuple[Any, ...]] = {}
-        next_repeat = time.monotonic() + REPEAT_S
-        while len(got) < len(self.pipes):
-            if repeat is not None and time.monotonic() >= next_repeat:
-                repeat()
-                next_repeat = time.monotonic() + REPEAT_S
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"timed out waiting for workers ({kind})")
-            # A worker that answered may close its pipe (after "result"): wait on the rest.
-            waiting = [c for i, c in enumerate(self.pipes) if i not in got]
-            for conn in wait(waiting, timeout=min(left, 0.1)):
-                assert isinstance(conn, Connection)
-                try:
-                    msg = conn.recv()
-                except EOFError:
-                    raise BenchError("a worker process died") from None
-                if msg[0] == "error":
-                    raise BenchError(msg[2])
-                if msg[0] == "progress":
-                    self.progress[msg[1]] = (msg[2], msg[3])
-                elif msg[0] == kind:
-                    got[msg[1]] = msg
-            self.tick()
-        return [got[i] for i in sorted(got)]
-
-    def broadcast(self, *msg: Any) -> None:
-        for conn in self.pipes:
-            conn.send(msg)
+    # -- progress ------------------------------------------------------------------
 
     def tick(self) -> None:
         """Sample the server's memory peak; redraw the progress line."""
@@ -220,9 +185,10 @@ class Coordinator:
             s = sample(pid)
             if s is not None:
                 self.outcome.server_peak_rss_kib = max(self.outcome.server_peak_rss_kib, s.rss_kib)
-        if self.cfg.progress and self.progress:
-            pub = sum(p for p, _ in self.progress.values())
-            got = sum(d for _, d in self.progress.values())
+        progress = self.pool.progress
+        if self.cfg.progress and progress:
+            pub = sum(p for p, _ in progress.values())
+            got = sum(d for _, d in progress.values())
             el = (time.monotonic_ns() - self.outcome.go_ns) / 1e9 if self.outcome.go_ns else 0.0
             sys.stderr.write(
                 f"\r  {self.cfg.scenario}: {max(el, 0):5.1f} s  published {pub:>12,}"
@@ -231,25 +197,22 @@ class Coordinator:
             sys.stderr.flush()
             self.progress_shown = True
 
-    def sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            # keep reading progress messages so no pipe fills up
-            for conn in wait(self.pipes, timeout=min(0.05, max(0.0, end - time.monotonic()))):
-                assert isinstance(conn, Connection)
-                msg = conn.recv()
-                if msg[0] == "error":
-                    raise BenchError(msg[2])
-                if msg[0] == "progress":
-                    self.progress[msg[1]] = (msg[2], msg[3])
-            self.tick()
-
     # -- the run ------------------------------------------------------------------
 
-    def probe(self) -> socket.socket:
-        sock = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+    def planned_connections(self) -> str:
+        """How many connections this run opens, and which (for a refusal message)."""
+        cfg = self.cfg
+        pairs = 2 if self.wire.split_connections else 1
+        if cfg.scenario == "idle":
+            return f"{cfg.connections} connections, the probe included"
+        if cfg.scenario == "chat":
+            refs = max(1, min(cfg.workers, cfg.clients))
+            return (
+                f"{cfg.clients * pairs + refs + 1} connections: {cfg.clients} clients"
+                f"{' (2 each)' if pairs == 2 else ''}, {refs} reference subscriber(s)"
+                " and the probe"
+            )
+        return f"{cfg.publishers + cfg.subscribers + 1} connections, the probe included"
 
     def run(self) -> Outcome:
         cfg, out = self.cfg, self.outcome
@@ -261,35 +224,55 @@ class Coordinator:
         out.pressure_start = cpu_pressure()
         out.generator_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         nonce = random.randrange(1, 1 << 60)
-        plans = self.plans(nonce)
-        self.start_workers(plans)
-        probe: socket.socket | None = None
+        # The probe connects first: it finds the address that answers (IPv4, IPv6,
+        # a name), and a server that is already full refuses it, not a worker.
+        tls = client_tls(cfg.tls_ca) if cfg.tls else None
+        sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout), self.wire, tls)
+        probe: Probe | None = sync_probe
         try:
+            ws_address = None
+            if cfg.ws_fraction > 0:  # where the WebSocket clients go (a probe finds it)
+                ws_probe = Probe.open(cfg.host, cfg.ws_port or 0, 10.0, make_wire("ws", 64), tls)
+                ws_address = ws_probe.address
+                ws_probe.close()
+            plans = self.plans(nonce, sync_probe.address, ws_address)
+            self.pool.start(worker_main, plans)
             setup_deadline = time.monotonic() + cfg.setup_timeout + 5
-            ready = self.gather("ready", setup_deadline)
+            ready = self.pool.gather(
+                "ready",
+                setup_deadline,
+                f"not every connection was established within {cfg.setup_timeout:g} s"
+                " (--setup-timeout)",
+                repeat=sync_probe.check,
+            )
             out.connections = sum(int(m[2]) for m in ready) + 1
-            probe = sync_probe = self.probe()
             sync = self.wire.publish([sync_line(nonce, cfg.line_size)])
-            sync_probe.sendall(sync)
+            sync_probe.send(sync)
             # Repeated until all have it: a server may register a connection late
             # (receivers drop the extra copies).
-            self.gather("synced", setup_deadline, repeat=lambda: sync_probe.sendall(sync))
+            self.pool.gather(
+                "synced",
+                setup_deadline,
+                f"not every receiver got the sync line within {cfg.setup_timeout:g} s"
+                " (--setup-timeout)",
+                repeat=lambda: sync_probe.send(sync),
+            )
             out.setup_s = time.monotonic() - t_setup
             if cfg.scenario == "idle":
                 out.server_connected = sample(pid) if pid else None
-                self.sleep(cfg.hold)
+                self.pool.sleep(cfg.hold)
                 out.server_held = sample(pid) if pid else None
             elif not self.wire.split_connections:
                 # The probe would receive every line from now on: it leaves.
-                probe.close()
+                sync_probe.close()
                 probe = None
             out.server_go = sample(pid) if pid else None
             out.go_ns = time.monotonic_ns() + GO_DELAY_NS
             end_ns = out.go_ns + int(cfg.duration * 1e9) if cfg.scenario != "idle" else out.go_ns
-            self.broadcast("go", out.go_ns, end_ns)
+            self.pool.broadcast("go", out.go_ns, end_ns)
             limit = time.monotonic() + cfg.duration + cfg.setup_timeout + 10
             published: dict[int, int] = {}
-            for msg in self.gather("published", limit):
+            for msg in self.pool.gather("published", limit, "not every publisher finished"):
                 published.update(msg[2])
                 out.last_tx_ns = max(out.last_tx_ns, int(msg[3]))
             if cfg.scenario == "idle":
@@ -297,20 +280,28 @@ class Coordinator:
                 while time.monotonic_ns() < out.go_ns:
                     time.sleep(0.001)
                 stamp = time.monotonic_ns()
-                probe.sendall(self.wire.publish([encode_line(0, 0, stamp, cfg.line_size)]))
+                probe.send(self.wire.publish([encode_line(0, 0, stamp, cfg.line_size)]))
                 out.last_tx_ns = stamp
                 published[0] = 1
             out.published = published
-            self.broadcast("expect", published, cfg.grace)
-            results = self.gather("result", time.monotonic() + cfg.grace + cfg.setup_timeout + 10)
+            self.pool.broadcast("expect", published, cfg.grace)
+            results = self.pool.gather(
+                "result",
+                time.monotonic() + cfg.grace + cfg.setup_timeout + 10,
+                "not every generator process reported its result",
+            )
             out.server_end = sample(pid) if pid else None
             out.pressure_end = cpu_pressure()
             out.results = [m[2] for m in results]
             out.last_rx_ns = max((r.last_rx_ns for r in out.results), default=0)
+        except BenchError as err:
+            if str(err).startswith(("server full", "server busy")) or "refused" in str(err):
+                raise BenchError(f"{err}; this run opens {self.planned_connections()}") from None
+            raise
         finally:
             if probe is not None:
                 probe.close()
-            self.stop_workers()
+            self.pool.stop()
             if self.progress_shown:
                 sys.stderr.write("\r" + " " * 78 + "\r")
                 sys.stderr.flush()
@@ -319,19 +310,10 @@ class Coordinator:
             out.server_peak_rss_kib = max(out.server_peak_rss_kib, out.server_end.rss_kib)
         return out
 
-    def stop_workers(self) -> None:
-        for conn in self.pipes:
-            try:
-                conn.send(("abort",))
-            except OSError:
-                pass
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        for conn in self.pipes:
-            conn.close()
+
+def uses_ws(i: int, fraction: float) -> bool:
+    """Whether client `i` is a WebSocket client: `fraction` of them, spread evenly."""
+    return math.floor((i + 1) * fraction) > math.floor(i * fraction)
 
 
 def run_bench(cfg: Config) -> Outcome:
@@ -367,6 +349,10 @@ def summarize(out: Outcome) -> dict[str, Any]:
     for r in res:
         hist.merge(r.latency)
     p50, p99, p999, pmax = hist.percentiles([0.5, 0.99, 0.999, 1.0])
+    late = LatencyHistogram()
+    for r in res:
+        late.merge(r.lateness)
+    late50, late99, late999, late_max = late.percentiles([0.5, 0.99, 0.999, 1.0])
     published = sum(out.published.values())
     tx_s = max(1e-9, (out.last_tx_ns - out.go_ns) / 1e9) if out.last_tx_ns else cfg.duration
     rx_s = max(1e-9, (out.last_rx_ns - out.go_ns) / 1e9) if out.last_rx_ns else 0.0
@@ -385,12 +371,15 @@ def summarize(out: Outcome) -> dict[str, Any]:
     )
     summary: dict[str, Any] = {
         "scenario": cfg.scenario,
-        "proto": cfg.proto,
-        "server": f"{cfg.host}:{cfg.port}",
+        "proto": (cfg.proto if cfg.ws_fraction == 0 else f"{cfg.proto}+ws")
+        + ("+tls" if cfg.tls else ""),
+        "server": show_address(cfg.host, cfg.port),
         "params": {
             "line_size": cfg.line_size,
             "duration_s": cfg.duration,
             "workers": len(res),
+            "ws_fraction": cfg.ws_fraction,
+            "ws_port": cfg.ws_port,
             **(
                 {"clients": cfg.clients, "rate": cfg.rate}
                 if cfg.scenario == "chat"
@@ -411,6 +400,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
         "delivered": total["delivered"],
         "expected": total["expected"],
         "delivered_per_s": round(total["delivered"] / rx_s, 1) if rx_s else 0.0,
+        # what delivering every line as fast as it was published would give
+        "expected_per_s": round(total["expected"] / tx_s, 1) if cfg.scenario != "idle" else None,
         "receive_window_s": round(rx_s, 4),
         "latency_us": {"p50": p50, "p99": p99, "p99.9": p999, "max": pmax},
         "latency_samples": hist.total,
@@ -436,10 +427,19 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "busiest_process_demand": round(worker_demand, 3),
         },
         "cpu_pressure_pct": {"start": out.pressure_start, "end": out.pressure_end},
+        "schedule": None,
         "server_metrics": None,
     }
     if cfg.scenario == "chat" and cfg.rate > 0:
         summary["target_rate"] = cfg.rate
+    if cfg.scenario != "idle" and cfg.rate > 0:
+        summary["schedule"] = {
+            "pattern": cfg.pattern,
+            "interval_us": round(1e6 / cfg.rate, 3),
+            "tick_ms": cfg.tick_ms if cfg.pattern == "ticks" else None,
+            "lines_timed": late.total,
+            "lateness_us": {"p50": late50, "p99": late99, "p99.9": late999, "max": late_max},
+        }
     if out.server_go and out.server_end:
         cpu_ns = out.server_end.cpu_ns - out.server_go.cpu_ns
         wait_ns = max(0, out.server_end.wait_ns - out.server_go.wait_ns)
@@ -448,6 +448,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "pid": cfg.server_pid,
             "cpu_s": round(cpu_ns / 1e9, 4),
             "cpu_busy": round(cpu_ns / 1e9 / wall_s, 3) if wall_s else None,
+            "user_s": round((out.server_end.user_ns - out.server_go.user_ns) / 1e9, 3),
+            "sys_s": round((out.server_end.sys_ns - out.server_go.sys_ns) / 1e9, 3),
             "wait_s": round(wait_ns / 1e9, 4),
             "demand": round((cpu_ns + wait_ns) / 1e9 / wall_s, 3) if wall_s else None,
             "ns_per_delivered": round(cpu_ns / total["delivered"], 1)
@@ -466,6 +468,9 @@ def summarize(out: Outcome) -> dict[str, Any]:
             server["rss_growth_kib_per_conn"] = round(
                 (out.server_held.rss_kib - base.rss_kib) / conns, 3
             )
+        if wall_s:
+            server["user_busy"] = round(server["user_s"] / wall_s, 3)
+            server["sys_busy"] = round(server["sys_s"] / wall_s, 3)
         summary["server_metrics"] = server
     summary["anomalies"] = sum(
         summary[k] for k in ("lost", "reordered", "duplicated", "malformed", "echoed")
@@ -495,20 +500,26 @@ def summarize(out: Outcome) -> dict[str, Any]:
         )
     if cfg.scenario == "chat" and published < 0.97 * cfg.rate * cfg.duration and not cfg.max_lines:
         verdict.append("publishers fell behind the target rate")
+    sched = summary["schedule"]
+    if sched and sched["pattern"] == "even" and late99 is not None:
+        slack_us = max(100.0, sched["interval_us"])
+        if late99 > slack_us:
+            verdict.append(
+                f"the even schedule was not kept: 1% of lines left more than {_us_text(late99)}"
+                f" late (one line every {sched['interval_us']:g} us)"
+            )
     if not verdict:
         verdict.append("neither side saturated")
     summary["verdict"] = verdict
     return summary
 
 
+def _us_text(micros: int) -> str:
+    return f"{micros / 1000:.1f} ms" if micros >= 1000 else f"{micros} us"
+
+
 def _ms(micros: int | None) -> str:
     return "-" if micros is None else f"{micros / 1000:.1f} ms"
-
-
-def progress_enabled(flag: bool | None) -> bool:
-    if flag is not None:
-        return flag
-    return sys.stderr.isatty()
 
 
 def run_and_summarize(cfg: Config, on_error: Callable[[str], None]) -> dict[str, Any] | None:
@@ -518,5 +529,5 @@ def run_and_summarize(cfg: Config, on_error: Callable[[str], None]) -> dict[str,
         on_error(str(err))
         return None
     except OSError as err:
-        on_error(f"cannot reach {cfg.host}:{cfg.port}: {err.strerror or err}")
+        on_error(f"cannot reach {show_address(cfg.host, cfg.port)}: {err.strerror or err}")
         return None

@@ -10,7 +10,7 @@ A benchmark line is fixed-size and self-describing::
 
 Every field has a fixed width, so every line of a run has exactly `size`
 bytes.  That is what lets a receiver check a whole chunk with one `memcmp`
-against a reference stream (see `ratbench.worker`) instead of parsing each of
+against a reference stream (see `ratbench.receive`) instead of parsing each of
 millions of lines in Python.  The padding is `x` bytes so that two lines
 spliced together (a server interleaving senders' bytes) cannot parse.
 
@@ -26,6 +26,7 @@ Two wire formats carry these lines:
   the payload of a `PUBLISH`; a subscriber receives it inside a RESP
   `message` push.  The push for a fixed-size payload is fixed-size too, so
   the same chunk-level checking works.
+- `WsWire` (`ratbench.ws`): WebSocket text messages, one line each.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class LineEncoder:
             raise ValueError(f"publisher id out of range: {pubid}")
         self._prefix = b"%05d " % pubid
         self._pad = padding(size) + b"\n"
+
+    def line(self, seq: int, send_ns: int) -> bytes:
+        """One line (`--pattern even` sends every line on its own)."""
+        return self._prefix + b"%010d %019d" % (seq, send_ns) + self._pad
 
     def lines(self, first_seq: int, count: int, send_ns: int) -> list[bytes]:
         """`count` lines with sequence numbers from `first_seq`, all stamped `send_ns`."""
@@ -116,6 +121,60 @@ def resp_command(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(_resp_bulk(p) for p in parts)
 
 
+class LineReader:
+    """The slow path's parser: `feed(bytes)` returns the complete lines (None: malformed).
+
+    This one is the line protocol's: split on newlines, keep the rest.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        buf = self.buf
+        buf += data
+        lines: list[bytes | None] = []
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            lines.append(bytes(buf[start : nl + 1]))
+            start = nl + 1
+        del buf[:start]
+        return lines
+
+
+class RespLineReader(LineReader):
+    """Redis: the payloads of `message` pushes, as lines; anything else is malformed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resp = RespReader()
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        self.resp.feed(data)
+        lines: list[bytes | None] = []
+        while True:
+            try:
+                item = self.resp.next()
+            except ValueError:
+                lines.append(None)
+                self.resp = RespReader()  # give up on the rest of this data
+                return lines
+            if item is RespReader.NEED_MORE:
+                return lines
+            if (
+                isinstance(item, list)
+                and len(item) == 3
+                and item[0] == b"message"
+                and isinstance(item[2], bytes)
+            ):
+                lines.append(item[2] + b"\n")
+            else:
+                lines.append(None)
+
+
 class Wire:
     """How lines of one size travel to and from one kind of server.
 
@@ -130,6 +189,20 @@ class Wire:
     echo = False
     split_connections = False
     subscribe = b""
+    upgrade = False  # every connection starts with an HTTP upgrade (WebSocket)
+
+    @property
+    def handshake(self) -> bool:
+        """Connections must finish a handshake (SUBSCRIBE, upgrade) before the sync line."""
+        return bool(self.subscribe) or self.upgrade
+
+    def received(self, line: bytes) -> bytes:
+        """The frame a receiver gets for `line`."""
+        return line
+
+    def reader(self) -> LineReader:
+        """A parser for the slow path."""
+        return LineReader()
 
     def __init__(self, line_size: int) -> None:
         padding(line_size)  # validates the size
@@ -154,6 +227,10 @@ class Wire:
         """The bytes to send for these lines (each includes its newline)."""
         raise NotImplementedError
 
+    def publish_one(self, line: bytes) -> bytes:
+        """The bytes to send for one line."""
+        return self.publish([line])
+
     def payload_line(self, frame: bytes) -> bytes | None:
         """The benchmark line (with newline) inside one received frame, or None."""
         raise NotImplementedError
@@ -166,6 +243,9 @@ class LineWire(Wire):
 
     def publish(self, lines: list[bytes]) -> bytes:
         return b"".join(lines)
+
+    def publish_one(self, line: bytes) -> bytes:
+        return line
 
     def payload_line(self, frame: bytes) -> bytes | None:
         return frame
@@ -188,6 +268,12 @@ class RedisWire(Wire):
         self.frame_re = self._frame_pattern(self.frame_prefix, b"\r\n")
         self._publish_prefix = b"*3\r\n" + _resp_bulk(b"PUBLISH") + _resp_bulk(channel)
 
+    def received(self, line: bytes) -> bytes:
+        return self.frame_prefix + line[:-1] + b"\r\n"
+
+    def reader(self) -> LineReader:
+        return RespLineReader()
+
     def publish(self, lines: list[bytes]) -> bytes:
         head = self._publish_prefix
         return b"".join(head + b"$%d\r\n" % (len(line) - 1) + line[:-1] + b"\r\n" for line in lines)
@@ -204,11 +290,15 @@ class RedisWire(Wire):
 
 
 def make_wire(proto: str, line_size: int) -> Wire:
-    """The `Wire` for `--proto` (`line` or `redis`)."""
+    """The `Wire` for `--proto` (`line`, `redis` or `ws`)."""
     if proto == "line":
         return LineWire(line_size)
     if proto == "redis":
         return RedisWire(line_size)
+    if proto == "ws":
+        from ratbench.ws import WsWire  # noqa: PLC0415 (ws builds on this module)
+
+        return WsWire(line_size)
     raise ValueError(f"unknown protocol {proto!r}")
 
 
