@@ -36,6 +36,9 @@ from typing import Any
 
 Chunk = bytes | memoryview
 DEFAULT_ROOM = "#lobby"
+# The sender of lines that came from another node (rat.cluster): no local
+# member is it, so every member receives them.
+REMOTE = "<remote>"
 
 # A sender's share of a turn is copied out instead of sliced when it is less
 # than this fraction of the turn: a small slice would otherwise keep the whole
@@ -182,7 +185,7 @@ class Room:
 class Hub:
     """The rooms, and the rooms that have lines waiting for this turn's delivery."""
 
-    __slots__ = ("_active", "_size", "echo", "lobby", "rooms")
+    __slots__ = ("_active", "_size", "echo", "forward", "lobby", "rooms")
 
     def __init__(self, echo: bool = False) -> None:
         self.echo = echo
@@ -190,6 +193,10 @@ class Hub:
         self.rooms: dict[str, Room] = {DEFAULT_ROOM: self.lobby}
         self._active: list[Room] = []  # rooms published to since the last take
         self._size = 0
+        # Told of every local publish, `forward(room, block)`: the cluster
+        # backplane (rat.cluster) sets it to pass lines on to other nodes.
+        # One test per published block; None without --redis/--workers.
+        self.forward: Callable[[Room, bytes], None] | None = None
 
     @property
     def size(self) -> int:
@@ -220,7 +227,16 @@ class Hub:
         if not room.size:
             self._active.append(room)
         self._size += len(block)
+        if self.forward is not None:
+            self.forward(room, block)
         return room.publish(sender, block)
+
+    def publish_remote(self, block: bytes, room: Room) -> int:
+        """Lines from another node: every member gets them, and they are never forwarded."""
+        if not room.size:
+            self._active.append(room)
+        self._size += len(block)
+        return room.publish(REMOTE, block)
 
     def take_turns(self) -> list[tuple[Room, Turn]]:
         """Each room that got lines since the last call, with its turn."""

@@ -288,6 +288,16 @@ class Server:
         if self.hub.size >= self.turn_bytes:
             self._deliver_now()
 
+    def publish_remote(self, room: Room, block: bytes) -> None:
+        """Complete lines from another node (rat.cluster): for every member of `room`.
+
+        They join the room's turn like local lines, from a sender that is no
+        member (so nobody is left out), and are not forwarded again.
+        """
+        self.hub.publish_remote(block, room)
+        if self.hub.size >= self.turn_bytes:
+            self._deliver_now()
+
     def on_half_close(self, conn: Conn) -> None:
         """`conn` sent EOF: it keeps receiving, but gives up its slot first when full."""
         if log.isEnabledFor(logging.DEBUG):
