@@ -27,9 +27,11 @@ from rat.config import (
     DEFAULT_MAX_LINE,
     DEFAULT_MAX_PENDING,
     DEFAULT_PORT,
+    DEFAULT_REDIS_CHANNEL,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_WRITE_TIMEOUT,
     MAX_HISTORY,
+    MAX_WORKERS,
     Config,
     Limits,
 )
@@ -142,6 +144,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM/SIGHUP, how long to flush queued output before exiting",
     )
     _add_chat_options(serve)
+    _add_scale_options(serve)
     serve.epilog = (
         "Every option can also be set in the environment: --max-line is RAT_MAX_LINE,"
         " a switch is on for 1/true/yes.  The command line wins."
@@ -223,6 +226,80 @@ def _chat_details(config: Config) -> list[str]:
 # --- end of chat mode ------------------------------------------------------------
 
 
+# --- scale out (issue 15): --redis, --redis-channel, --workers --------------------
+# rat.cluster is imported only when one of these options is given.
+
+
+def _redis_url(text: str) -> str:
+    """argparse type for --redis: the URL, checked (imports rat.cluster only then)."""
+    if not text:
+        return text  # the default (argparse passes string defaults through the type)
+    from rat.cluster.redis import parse_url  # noqa: PLC0415 (only with --redis)
+
+    try:
+        parse_url(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _redis_channel(text: str) -> str:
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"a channel name without spaces is needed: {text!r}")
+    return text
+
+
+def _add_scale_options(serve: argparse.ArgumentParser) -> None:
+    scale = serve.add_argument_group("scale out")
+    scale.add_argument(
+        "--redis",
+        type=_redis_url,
+        default="",
+        metavar="URL",
+        help="redis://HOST:PORT[/DB]: every rat on this Redis forms one broadcast"
+        " (one set of rooms with --chat)",
+    )
+    scale.add_argument(
+        "--redis-channel",
+        type=_redis_channel,
+        default=DEFAULT_REDIS_CHANNEL,
+        metavar="NAME",
+        help="Redis pub/sub channel (with --chat: NAME:#room per room)",
+    )
+    scale.add_argument(
+        "--workers",
+        type=whole_number(0, MAX_WORKERS),
+        default=0,
+        metavar="N",
+        help="N worker processes share the port (SO_REUSEPORT) and form one broadcast;"
+        " --max-clients applies to each (0: serve in this process)",
+    )
+
+
+def _check_scale_options(serve: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.redis_channel != DEFAULT_REDIS_CHANNEL and not args.redis:
+        serve.error("--redis-channel (or RAT_REDIS_CHANNEL) applies only with --redis URL")
+
+
+def _start_backplane(server: Server, config: Config) -> Any:
+    """With --redis: the server's backplane, connecting (None without it)."""
+    if not config.redis:
+        return None
+    from rat.cluster import attach_redis  # noqa: PLC0415 (only with --redis)
+
+    return attach_redis(server, config)
+
+
+def _serve_workers(config: Config) -> int:
+    """--workers N: this process supervises N workers, each a whole server."""
+    from rat.cluster.workers import supervise  # noqa: PLC0415 (only with --workers)
+
+    return supervise(config, _server_class(config), _listening_details)
+
+
+# --- end of scale out ---------------------------------------------------------------
+
+
 def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
     """Take `RAT_*` variables as defaults for the `serve` options (see the module doc)."""
     serve = _subparser(parser, "serve")
@@ -272,6 +349,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         chat=args.chat,
         history=args.history,
         announce_max=args.announce_max,
+        redis=args.redis,
+        redis_channel=args.redis_channel,
+        workers=args.workers,
         limits=Limits(
             max_line=args.max_line,
             max_pending=args.max_pending,
@@ -282,8 +362,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def _listening_details(config: Config, backend: str, nofile: int) -> list[str]:
+    """The `listening on` line's details after the PID (shared with --workers)."""
+    details = [f"backend {backend}", f"descriptor limit {nofile}"]
+    if config.echo:
+        details.append("echo on")
+    if config.coalesce_ms:
+        details.append(f"coalescing {config.coalesce_ms:g} ms")
+    details += _chat_details(config)
+    return details
+
+
 def serve(config: Config) -> int:
     install(getattr(logging, config.log_level.upper()))
+    if config.workers:
+        return _serve_workers(config)
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
@@ -305,17 +398,26 @@ def serve(config: Config) -> int:
         return 1
     nofile = raise_nofile_limit()
     server = _server_class(config)(listeners, poller, config)
+    try:
+        backplane = _start_backplane(server, config)
+    except OSError as err:
+        print(f"rat: cannot resolve the Redis host of {config.redis}: {err}", file=sys.stderr)
+        server.close()
+        return 1
 
     def ready() -> None:
-        details = [f"pid {os.getpid()}", f"backend {poller.name}", f"descriptor limit {nofile}"]
-        if config.echo:
-            details.append("echo on")
-        if config.coalesce_ms:
-            details.append(f"coalescing {config.coalesce_ms:g} ms")
-        details += _chat_details(config)
+        details = [f"pid {os.getpid()}", *_listening_details(config, poller.name, nofile)]
+        if backplane is not None:
+            from rat.cluster import describe  # noqa: PLC0415 (only with --redis)
+
+            details.append(describe(backplane))
         announce(f"listening on {', '.join(server.addresses)} ({', '.join(details)})")
 
-    return server.serve_forever(ready=ready)
+    try:
+        return server.serve_forever(ready=ready)
+    finally:
+        if backplane is not None:
+            backplane.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         _check_chat_options(_subparser(parser, "serve"), args)
+        _check_scale_options(_subparser(parser, "serve"), args)
         return serve(config_from_args(args))
     bench_module = _bench_module()
     if bench_module is None:

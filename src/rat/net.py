@@ -71,8 +71,10 @@ def open_listeners(
         for family, host_ip, rest in addrs:
             # With port 0, the first listener picks the port and the rest follow it.
             bind_port = listeners[0].getsockname()[1] if listeners and port == 0 else port
-            sockaddr = (host_ip, bind_port, *rest)
-            listeners.append(_listen(family, sockaddr, backlog, both, reuse_port, listen))
+            bind_addr = (host_ip, bind_port, *rest)
+            listeners.append(
+                _listen(family, bind_addr, backlog, both, reuse_port=reuse_port, listen=listen)
+            )
     except OSError:
         for sock in listeners:
             sock.close()
@@ -85,6 +87,7 @@ def _listen(
     sockaddr: tuple[object, ...],
     backlog: int,
     v6only: bool,
+    *,
     reuse_port: bool = False,
     listen: bool = True,
 ) -> socket.socket:
