@@ -74,6 +74,7 @@ from rat.cluster.resp import (
     command,
     make_reader,
     publish_head,
+    reader_name,
 )
 from rat.cluster.stream import Stream, start_connect
 from rat.loop import Loop
@@ -326,11 +327,12 @@ class RedisLink:
         backplane = self.backplane
         if self._outage_since is None:
             log.info(
-                "cluster: connected to %s (channel %s%s, node %s)",
+                "cluster: connected to %s (channel %s%s, node %s, replies parsed by %s)",
                 self.address,
                 self.channel.decode(),
                 ", one per room" if self.rooms else "",
                 backplane.origin.decode(),
+                reader_name(),
             )
         else:
             down_for = self.loop.clock() - self._outage_since
