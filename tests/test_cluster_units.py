@@ -73,6 +73,7 @@ def test_decode_refuses(data: bytes) -> None:
 def test_encode_refuses_bad_parts() -> None:
     origin = new_origin()
     assert len(origin) == 16 and origin != new_origin()
+    bad: Callable[[], bytes]
     for bad in (
         lambda: encode(b"xyz", 1, "#a", b"x\n"),
         lambda: encode(origin, -1, "#a", b"x\n"),
@@ -112,7 +113,7 @@ def test_backoff_jitter_only_shortens_within_bounds(
 def test_backoff_refuses_nonsense() -> None:
     for kwargs in ({"first": 0}, {"first": 2, "cap": 1}, {"factor": 0.5}, {"jitter": 2}):
         with pytest.raises(ValueError):
-            backoff_delay(1, **kwargs)  # type: ignore[arg-type]
+            backoff_delay(1, **kwargs)
     with pytest.raises(ValueError):
         backoff_delay(-1)
 
