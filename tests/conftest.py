@@ -4,6 +4,13 @@
 the `listening on HOST:PORT` line and returns a `ServerProcess`.  Every server a
 test starts is stopped by PID when the test ends.  Parametrising with
 `backend` runs a test against both poller backends.
+
+The subprocesses run the sources in this checkout's `src/`.  To run the same
+subprocess tests against another checkout (to show that a test fails on the
+code before a fix), point `TESTS_RAT_SRC` at that checkout's `src` directory:
+
+    git -C . archive 95f8c48 | tar -x -C /tmp/old-rat
+    TESTS_RAT_SRC=/tmp/old-rat/src .venv/bin/pytest tests/test_fixes.py
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(os.environ.get("TESTS_RAT_SRC") or Path(__file__).resolve().parent.parent / "src")
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
+STARTUP_TIMEOUT = 15.0  # seconds for `rat serve` to print its `listening on` line
 
 
 def terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -41,13 +49,21 @@ def terminate(proc: subprocess.Popen[bytes]) -> None:
 class ServerProcess:
     """A running `rat serve` child process and what it wrote to stderr."""
 
-    def __init__(self, args: list[str], preexec: Callable[[], None] | None = None) -> None:
-        env = dict(os.environ)
+    def __init__(
+        self,
+        args: list[str],
+        preexec: Callable[[], None] | None = None,
+        *,
+        launcher: tuple[str, ...] = ("-m", "rat"),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Run `python LAUNCHER serve ARGS`; `launcher` may be ("-c", script) instead."""
+        env = dict(os.environ if env is None else env)
         env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rat", "serve", *args],
+            [sys.executable, *launcher, "serve", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -59,23 +75,34 @@ class ServerProcess:
         self._lock = threading.Lock()
         self.host = "127.0.0.1"
         self.port = 0
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self._lines.append(line)
-            m = LISTENING.search(line)
-            if m:
-                self.host, self.port = m.group(1).decode(), int(m.group(2))
-                break
-        if not self.port:
-            self.proc.kill()
-            rest = self.proc.stderr.read()
-            raise RuntimeError(f"rat did not start: {b''.join(self._lines) + rest!r}")
+        self.listening = ""  # the `listening on ...` line
+        # stderr is read by a thread from the start, so that a server that never
+        # prints the listening line (or wedges) fails the test after the
+        # timeout instead of blocking this process in readline() forever.
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = next((line for line in self._lines if LISTENING.search(line)), None)
+            if found is not None:
+                m = LISTENING.search(found)
+                assert m is not None
+                # `[::1]` in the log is `::1` to connect().
+                self.host = m.group(1).decode().strip("[]")
+                self.port = int(m.group(2))
+                self.listening = found.decode(errors="replace").strip()
+                break
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.01)
+        if not self.port:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+            raise RuntimeError(f"rat did not start: {self.stderr!r}")
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
@@ -128,11 +155,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def rat_server() -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: `rat_server("--echo", preexec=...)` starts a server on an ephemeral port."""
+    """Factory: `rat_server("--echo", preexec=...)` starts a server on an ephemeral port.
+
+    A later `--host` in `flags` overrides the default 127.0.0.1; `env` replaces
+    the environment (RAT_* variables); `launcher` replaces `-m rat`.
+    """
     started: list[ServerProcess] = []
 
-    def start(*flags: str, preexec: Callable[[], None] | None = None) -> ServerProcess:
-        server = ServerProcess(["--host", "127.0.0.1", "--port", "0", *flags], preexec)
+    def start(
+        *flags: str,
+        preexec: Callable[[], None] | None = None,
+        launcher: tuple[str, ...] = ("-m", "rat"),
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
+        args = ["--host", "127.0.0.1", "--port", "0", *flags]
+        server = ServerProcess(args, preexec, launcher=launcher, env=env)
         started.append(server)
         return server
 
@@ -198,3 +235,195 @@ def sync_clients(server: ServerProcess, clients: list[socket.socket]) -> None:
     finally:
         # Also on failure: an unclosed socket's ResourceWarning would bury it.
         probe.close()
+
+
+# ------------------------------------------------- clients for the limit and fix tests
+
+LINE_SIZE = 1024
+BATCH_LINES = 64
+FLOOD_BYTES = 8 * 1024 * 1024
+BIG_PENDING = str(64 * 1024 * 1024)  # keeps --max-pending out of the way
+ERR_TOO_LONG = b"ERR line too long\n"
+ERR_SLOW = b"ERR slow consumer\n"
+ERR_FULL = b"ERR server full\n"
+
+
+# Client sockets opened by `connect`, closed when the test ends (see `_close_sockets`).
+opened_sockets: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    """Close every client socket a test opened (unclosed sockets are warnings, i.e. errors)."""
+    yield
+    while opened_sockets:
+        opened_sockets.pop().close()
+
+
+def connect(server: ServerProcess, rcvbuf: int | None = None) -> socket.socket:
+    """Connect to `server`; a small `rcvbuf` is set before connect() so the window stays small."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    opened_sockets.append(sock)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect((server.host, server.port))
+    return sock
+
+
+def read_until_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
+    """Read everything until EOF (or a reset, which also ends the stream); return it."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no EOF within {timeout}s; got {len(data)} bytes")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 16)
+        except ConnectionResetError:
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+def make_lines(start: int, count: int, size: int = LINE_SIZE) -> list[bytes]:
+    """`count` numbered lines of `size` bytes each, newline included."""
+    return [b"%08d:" % i + b"x" * (size - 10) + b"\n" for i in range(start, start + count)]
+
+
+def flood(
+    sender: socket.socket,
+    readers: list[socket.socket],
+    total: int,
+    stop: Callable[[], bool] | None = None,
+) -> bytes:
+    """Send about `total` bytes of lines in lock step with `readers`; return what was sent.
+
+    Each batch is read in full by every reader before the next is sent, so a
+    reader never has more than one batch queued in the server.  Stops early when
+    `stop()` turns true (checked after each batch).
+    """
+    sent = bytearray()
+    seq = 0
+    while len(sent) < total:
+        batch = make_lines(seq, BATCH_LINES)
+        seq += BATCH_LINES
+        sender.sendall(b"".join(batch))
+        sent += b"".join(batch)
+        for reader in readers:
+            assert recv_lines(reader, BATCH_LINES) == batch
+        if stop is not None and stop():
+            break
+    return bytes(sent)
+
+
+class Drain(threading.Thread):
+    """Read a socket as fast as possible until EOF or reset; keep (or count) the bytes."""
+
+    def __init__(self, sock: socket.socket, keep: bool = True) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.keep = keep
+        self.data = bytearray()
+        self.count = 0
+        self.ended = threading.Event()
+
+    def run(self) -> None:
+        buf = bytearray(1 << 20)
+        self.sock.settimeout(60)
+        try:
+            while n := self.sock.recv_into(buf):
+                self.count += n
+                if self.keep:
+                    self.data += buf[:n]
+        except OSError:
+            pass
+        self.ended.set()
+
+
+class Flooder(threading.Thread):
+    """Send whole lines until stopped: flat out, or one 64 KiB batch per `pause` seconds."""
+
+    def __init__(self, sock: socket.socket, pause: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.pause = pause
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        batch = b"".join(make_lines(0, BATCH_LINES))
+        try:
+            while not self.stop.is_set():
+                self.sock.sendall(batch)
+                self.sent += len(batch)
+                if self.pause:
+                    time.sleep(self.pause)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        """Stop sending; a sendall blocked on a server that stopped reading is cut short."""
+        self.stop.set()
+        self.join(0.5)
+        if self.is_alive():
+            self.sock.shutdown(socket.SHUT_WR)
+            self.join(10)
+
+
+def addr(sock: socket.socket) -> str:
+    """The client's address as the server sees and logs it."""
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def log_pattern(sock: socket.socket, reason: str) -> str:
+    """Regex for one log line naming both the client's address and `reason`."""
+    a = re.escape(addr(sock))
+    r = re.escape(reason)
+    return rf"{a}(?!\d)[^\n]*{r}|{r}[^\n]*{a}(?!\d)"
+
+
+def assert_prefix_of(received: bytes, sent: bytes, err: bytes) -> None:
+    """`received` is a prefix of `sent`, optionally followed by the `err` line."""
+    body = received[: -len(err)] if received.endswith(err) else received
+    assert sent.startswith(body), f"stream diverged after {len(body)} bytes"
+    assert len(body) < len(sent), "the dropped client received everything"
+
+
+def assert_no_traceback(server: ServerProcess) -> None:
+    assert "Traceback" not in server.stderr, server.stderr
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid`, in seconds, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def run_rat(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run `python -m rat serve ARGS` to completion (for start failures)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "rat", "serve", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def stderr_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]

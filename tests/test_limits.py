@@ -28,204 +28,39 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from conftest import SRC, ServerProcess, assert_silent, recv_lines, sync_clients
+from conftest import (
+    BATCH_LINES,
+    BIG_PENDING,
+    ERR_FULL,
+    ERR_SLOW,
+    ERR_TOO_LONG,
+    FLOOD_BYTES,
+    LINE_SIZE,
+    Drain,
+    Flooder,
+    ServerProcess,
+    assert_no_traceback,
+    assert_prefix_of,
+    assert_silent,
+    connect,
+    cpu_seconds,
+    flood,
+    log_pattern,
+    make_lines,
+    open_fds,
+    opened_sockets,
+    read_until_eof,
+    recv_lines,
+    run_rat,
+    stderr_lines,
+    sync_clients,
+)
 
 RatServer = Callable[..., ServerProcess]
-
-LINE_SIZE = 1024
-BATCH_LINES = 64
-FLOOD_BYTES = 8 * 1024 * 1024
-BIG_PENDING = str(64 * 1024 * 1024)  # keeps --max-pending out of the way
-ERR_TOO_LONG = b"ERR line too long\n"
-ERR_SLOW = b"ERR slow consumer\n"
-ERR_FULL = b"ERR server full\n"
-
-
-# ---------------------------------------------------------------- helpers
-
-_opened: list[socket.socket] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_sockets() -> Iterator[None]:
-    """Close every client socket a test opened (unclosed sockets are warnings, i.e. errors)."""
-    yield
-    while _opened:
-        _opened.pop().close()
-
-
-def connect(server: ServerProcess, rcvbuf: int | None = None) -> socket.socket:
-    """Connect to `server`; a small `rcvbuf` is set before connect() so the window stays small."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    _opened.append(sock)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect((server.host, server.port))
-    return sock
-
-
-def read_until_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
-    """Read everything until EOF (or a reset, which also ends the stream); return it."""
-    data = bytearray()
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"no EOF within {timeout}s; got {len(data)} bytes")
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(1 << 16)
-        except ConnectionResetError:
-            return bytes(data)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-
-
-def make_lines(start: int, count: int, size: int = LINE_SIZE) -> list[bytes]:
-    """`count` numbered lines of `size` bytes each, newline included."""
-    return [b"%08d:" % i + b"x" * (size - 10) + b"\n" for i in range(start, start + count)]
-
-
-def flood(
-    sender: socket.socket,
-    readers: list[socket.socket],
-    total: int,
-    stop: Callable[[], bool] | None = None,
-) -> bytes:
-    """Send about `total` bytes of lines in lock step with `readers`; return what was sent.
-
-    Each batch is read in full by every reader before the next is sent, so a
-    reader never has more than one batch queued in the server.  Stops early when
-    `stop()` turns true (checked after each batch).
-    """
-    sent = bytearray()
-    seq = 0
-    while len(sent) < total:
-        batch = make_lines(seq, BATCH_LINES)
-        seq += BATCH_LINES
-        sender.sendall(b"".join(batch))
-        sent += b"".join(batch)
-        for reader in readers:
-            assert recv_lines(reader, BATCH_LINES) == batch
-        if stop is not None and stop():
-            break
-    return bytes(sent)
-
-
-class Drain(threading.Thread):
-    """Read a socket as fast as possible until EOF or reset; keep (or count) the bytes."""
-
-    def __init__(self, sock: socket.socket, keep: bool = True) -> None:
-        super().__init__(daemon=True)
-        self.sock = sock
-        self.keep = keep
-        self.data = bytearray()
-        self.count = 0
-        self.ended = threading.Event()
-
-    def run(self) -> None:
-        buf = bytearray(1 << 20)
-        self.sock.settimeout(60)
-        try:
-            while n := self.sock.recv_into(buf):
-                self.count += n
-                if self.keep:
-                    self.data += buf[:n]
-        except OSError:
-            pass
-        self.ended.set()
-
-
-class Flooder(threading.Thread):
-    """Send whole lines until stopped: flat out, or one 64 KiB batch per `pause` seconds."""
-
-    def __init__(self, sock: socket.socket, pause: float = 0.0) -> None:
-        super().__init__(daemon=True)
-        self.sock = sock
-        self.pause = pause
-        self.stop = threading.Event()
-        self.sent = 0
-
-    def run(self) -> None:
-        batch = b"".join(make_lines(0, BATCH_LINES))
-        try:
-            while not self.stop.is_set():
-                self.sock.sendall(batch)
-                self.sent += len(batch)
-                if self.pause:
-                    time.sleep(self.pause)
-        except OSError:
-            pass
-
-    def finish(self) -> None:
-        """Stop sending; a sendall blocked on a server that stopped reading is cut short."""
-        self.stop.set()
-        self.join(0.5)
-        if self.is_alive():
-            self.sock.shutdown(socket.SHUT_WR)
-            self.join(10)
-
-
-def addr(sock: socket.socket) -> str:
-    """The client's address as the server sees and logs it."""
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
-
-
-def log_pattern(sock: socket.socket, reason: str) -> str:
-    """Regex for one log line naming both the client's address and `reason`."""
-    a = re.escape(addr(sock))
-    r = re.escape(reason)
-    return rf"{a}(?!\d)[^\n]*{r}|{r}[^\n]*{a}(?!\d)"
-
-
-def assert_prefix_of(received: bytes, sent: bytes, err: bytes) -> None:
-    """`received` is a prefix of `sent`, optionally followed by the `err` line."""
-    body = received[: -len(err)] if received.endswith(err) else received
-    assert sent.startswith(body), f"stream diverged after {len(body)} bytes"
-    assert len(body) < len(sent), "the dropped client received everything"
-
-
-def assert_no_traceback(server: ServerProcess) -> None:
-    assert "Traceback" not in server.stderr, server.stderr
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid`, in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def run_rat(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run `python -m rat serve ARGS` to completion (for start failures)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "rat", "serve", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def stderr_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
-
 
 # ---------------------------------------------------------------- --max-line
 
@@ -483,7 +318,7 @@ def test_out_of_descriptors_no_spin_and_recovers(rat_server: RatServer, backend:
     try:
         for _ in range(60):  # more than the 40 descriptors the server may hold
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            _opened.append(s)
+            opened_sockets.append(s)
             s.setblocking(False)
             rc = s.connect_ex((server.host, server.port))
             assert rc in (0, errno.EINPROGRESS), os.strerror(rc)

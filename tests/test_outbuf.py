@@ -110,6 +110,30 @@ def test_cut_to_line_end_finishes_exactly_the_current_line(
     assert b"\n" not in kept[:-1]  # at most the rest of one line
 
 
+@given(
+    lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"") + b"\n"), min_size=1),
+    data=st.data(),
+)
+def test_a_cut_after_a_direct_partial_send_still_finishes_the_line(
+    lines: list[bytes], data: st.DataObject
+) -> None:
+    """The fan-out fast path sends first and queues the rest (`append_unsent`)."""
+    block = b"".join(lines)
+    sent = data.draw(st.integers(min_value=0, max_value=len(block) - 1))
+    buf = OutBuffer()
+    buf.append_unsent(block, sent)
+    assert b"".join(bytes(c) for c in buf.peek()) == block[sent:]
+    buf.append(b"later line\n")
+    buf.cut_to_line_end()
+    delivered = block[:sent] + b"".join(bytes(c) for c in buf.peek())
+    assert (delivered == b"" or delivered.endswith(b"\n")) and block.startswith(delivered)
+    if sent:  # the frame-keeping cut keeps the whole rest of the chunk
+        buf = OutBuffer()
+        buf.append_unsent(block, sent)
+        buf.cut_to_chunk_end()
+        assert b"".join(bytes(c) for c in buf.peek()) == block[sent:]
+
+
 def test_advance_past_queue_is_a_bug() -> None:
     buf = OutBuffer()
     buf.append(b"ab")

@@ -50,3 +50,26 @@ def real_number(
         return value
 
     return parse
+
+
+def host_and_port(text: str) -> tuple[str, int]:
+    """'[HOST:]PORT' -> (host, port); host is "" when only a port is given.
+
+    IPv6 addresses are written in brackets: '[::1]:8081'.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: [{host}]:PORT")
+    elif not host:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT, got {text!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535: {text!r}")
+    return host, port

@@ -12,12 +12,13 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rat import __version__
-from rat.argtypes import real_number, whole_number
+from rat.argtypes import host_and_port, real_number, whole_number
 from rat.config import (
     DEFAULT_ANNOUNCE_MAX,
     DEFAULT_COALESCE_MS,
@@ -35,9 +36,9 @@ from rat.config import (
     Config,
     Limits,
 )
-from rat.logsink import announce, install
-from rat.net import open_listeners, raise_nofile_limit
-from rat.poller import make_poller
+from rat.logsink import LogSink, announce, install, keep_draining
+from rat.net import format_addr, open_listeners, raise_nofile_limit
+from rat.poller import Poller, make_poller
 from rat.server import Server
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -49,6 +50,16 @@ _positive_int = whole_number(1)
 _port = whole_number(0, 65535)
 _seconds = real_number(above=0)
 _milliseconds = real_number(at_least=0, maximum=1000)
+
+
+def _web_origin(text: str) -> str:
+    """An origin for --web-origin, normalised (checked here, a usage error if bad)."""
+    from rat.web.http import normalize_origin  # noqa: PLC0415 (only when --web-origin is used)
+
+    origin = normalize_origin(text)
+    if origin is None:
+        raise argparse.ArgumentTypeError(f"not an origin (scheme://host[:port]): {text!r}")
+    return origin
 
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
@@ -144,6 +155,27 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM/SIGHUP, how long to flush queued output before exiting",
     )
     _add_chat_options(serve)
+    # ---- web: --web / --web-origin (rat.web, imported only when --web is given)
+    web = serve.add_argument_group("web")
+    web.add_argument(
+        "--web",
+        type=host_and_port,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="also serve the chat page (GET /) and a WebSocket (GET /ws) on this port"
+        " (HOST defaults to --host; PORT 0: any free port)",
+    )
+    web.add_argument(
+        "--web-origin",
+        action="append",
+        type=_web_origin,
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSocket requests from pages of this origin"
+        " (scheme://host[:port]; repeatable, or a list separated by commas or spaces in"
+        " RAT_WEB_ORIGIN; the page's own origin is always accepted)",
+    )
+    # ---- end of web
     _add_scale_options(serve)
     serve.epilog = (
         "Every option can also be set in the environment: --max-line is RAT_MAX_LINE,"
@@ -294,7 +326,7 @@ def _serve_workers(config: Config) -> int:
     """--workers N: this process supervises N workers, each a whole server."""
     from rat.cluster.workers import supervise  # noqa: PLC0415 (only with --workers)
 
-    return supervise(config, _server_class(config), _listening_details)
+    return supervise(config, build_server, _listening_details)
 
 
 # --- end of scale out ---------------------------------------------------------------
@@ -318,6 +350,13 @@ def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) 
                 value = False
             else:
                 serve.error(f"{name}: expected 1/true/yes or 0/false/no, got {text!r}")
+        elif isinstance(action, argparse._AppendAction):
+            # A repeatable option: several values, separated by commas or spaces.
+            try:
+                convert = action.type if callable(action.type) else str
+                value = [convert(item) for item in text.replace(",", " ").split()]
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                serve.error(f"{name}: {err}")
         else:
             try:
                 value = action.type(text) if callable(action.type) else text
@@ -349,6 +388,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         chat=args.chat,
         history=args.history,
         announce_max=args.announce_max,
+        web=args.web,
+        web_origins=tuple(args.web_origin),
         redis=args.redis,
         redis_channel=args.redis_channel,
         workers=args.workers,
@@ -362,9 +403,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
-def _listening_details(config: Config, backend: str, nofile: int) -> list[str]:
+def _listening_details(config: Config, poller: Poller, nofile: int) -> list[str]:
     """The `listening on` line's details after the PID (shared with --workers)."""
-    details = [f"backend {backend}", f"descriptor limit {nofile}"]
+    details = [f"backend {poller.name}", f"descriptor limit {nofile}"]
     if config.echo:
         details.append("echo on")
     if config.coalesce_ms:
@@ -374,31 +415,14 @@ def _listening_details(config: Config, backend: str, nofile: int) -> list[str]:
 
 
 def serve(config: Config) -> int:
-    install(getattr(logging, config.log_level.upper()))
-    if config.workers:
+    sink = install(getattr(logging, config.log_level.upper()))
+    if config.workers:  # ---- scale out: this process supervises, workers serve
         return _serve_workers(config)
-    address = (
-        f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
-    )
-    try:
-        poller = make_poller(config.backend)
-    except ValueError as err:
-        print(f"rat: {err}", file=sys.stderr)
-        return 2
-    try:
-        listeners = open_listeners(config.host, config.port, config.backlog)
-    except OSError as err:
-        reason = err.strerror or str(err)
-        print(f"rat: cannot listen on {address}: {reason}", file=sys.stderr)
-        poller.close()
-        return 1
-    if not listeners:
-        print(f"rat: cannot listen on {address}: no IPv4 or IPv6 address", file=sys.stderr)
-        poller.close()
-        return 1
-    nofile = raise_nofile_limit()
-    server = _server_class(config)(listeners, poller, config)
-    try:
+    built = build_server(config, sink)
+    if isinstance(built, int):
+        return built
+    server, nofile = built
+    try:  # ---- scale out: --redis
         backplane = _start_backplane(server, config)
     except OSError as err:
         print(f"rat: cannot resolve the Redis host of {config.redis}: {err}", file=sys.stderr)
@@ -406,7 +430,7 @@ def serve(config: Config) -> int:
         return 1
 
     def ready() -> None:
-        details = [f"pid {os.getpid()}", *_listening_details(config, poller.name, nofile)]
+        details = [f"pid {os.getpid()}", *_listening_details(config, server.loop.poller, nofile)]
         if backplane is not None:
             from rat.cluster import describe  # noqa: PLC0415 (only with --redis)
 
@@ -418,6 +442,60 @@ def serve(config: Config) -> int:
     finally:
         if backplane is not None:
             backplane.close()
+
+
+def build_server(
+    config: Config, sink: LogSink, reuse_port: bool = False
+) -> tuple[Server, int] | int:
+    """Open the listeners and build the server: (server, descriptor limit), or an exit code.
+
+    `reuse_port`: the listeners take SO_REUSEPORT (a `--workers` worker).
+    """
+    address = (
+        f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
+    )
+    try:
+        poller = make_poller(config.backend)
+    except ValueError as err:
+        print(f"rat: {err}", file=sys.stderr)
+        return 2
+    try:
+        listeners = open_listeners(config.host, config.port, config.backlog, reuse_port=reuse_port)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        print(f"rat: cannot listen on {address}: {reason}", file=sys.stderr)
+        poller.close()
+        return 1
+    if not listeners:
+        print(f"rat: cannot listen on {address}: no IPv4 or IPv6 address", file=sys.stderr)
+        poller.close()
+        return 1
+    web_listeners: list[socket.socket] = []
+    if config.web is not None:  # ---- web
+        web_host = config.web[0] or config.host
+        web_address = format_addr((web_host, config.web[1]))
+        try:
+            web_listeners = open_listeners(
+                web_host, config.web[1], config.backlog, reuse_port=reuse_port
+            )
+            failure = "" if web_listeners else "no IPv4 or IPv6 address"
+        except OSError as err:
+            failure = err.strerror or str(err)
+        if failure:
+            print(f"rat: cannot listen on web {web_address}: {failure}", file=sys.stderr)
+            for sock in listeners:
+                sock.close()
+            poller.close()
+            return 1
+    nofile = raise_nofile_limit()
+    server = _server_class(config)(listeners, poller, config)
+    keep_draining(sink, server.loop.call_later)  # a stalled log catches up on its own
+    if web_listeners:
+        from rat.web import serve_web  # noqa: PLC0415 (h11 and wsproto only with --web)
+
+        serve_web(server, web_listeners, config.limits.max_line, config.web_origins)
+    # ---- end of web
+    return server, nofile
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,3 +63,7 @@ class Config:
     redis_channel: str = DEFAULT_REDIS_CHANNEL
     workers: int = 0  # worker processes under a supervisor; 0 = serve in this process
     limits: Limits = field(default_factory=Limits)
+    # --web [HOST:]PORT: the HTTP/WebSocket listener (rat.web); None: off.
+    # An empty host means the same host as the TCP listener.
+    web: tuple[str, int] | None = None
+    web_origins: tuple[str, ...] = ()  # --web-origin: other pages allowed to connect

@@ -351,6 +351,21 @@ class Conn(OutBuffer):
         if self.state == OPEN:
             self.queue([block], self.server.loop.clock())
 
+    def keep_unsent(self, data: bytes, sent: int, now: float) -> None:
+        """A direct send took `sent` bytes of `data`: queue the rest (no copy), want WRITABLE.
+
+        The end of the fan-out fast path (`Server._deliver_turn`, and
+        `LayeredConn.deliver_turn`), for a receiver whose queue was empty.
+        """
+        if self.server.loop.tracer is not None:
+            self.note_short_send(sent, len(data))
+        self.last_progress = now  # the write-timeout clock starts now
+        self.append_unsent(data, sent)  # no copy; a cut still finishes the line or frame
+        if self.over_limit:
+            self.drop_slow_consumer()
+        else:
+            self.update_interest()  # ask for WRITABLE
+
     def drop_slow_consumer(self) -> None:
         """Its queue passed --max-pending: best-effort ERR, close."""
         log.warning(

@@ -3,7 +3,8 @@
 A plain TCP client's bytes are its lines.  A WebSocket client's bytes are
 frames, a TLS client's bytes are records: a *layer* turns wire bytes into
 application bytes and back, without touching a socket (the way h11, wsproto
-and `ssl.SSLObject` do: bytes in, events or bytes out).  `LayeredConn` is a
+and `ssl.SSLObject` do: bytes in, events or bytes out; its interface is
+`rat.layer.Layer`, a pure module).  `LayeredConn` is a
 `Conn` with a layer; everything else (the output queue, flush, WRITABLE
 interest, `--max-pending`, the write timeout, graceful close) is the plain
 connection's, because the queue always holds *wire* bytes.
@@ -31,61 +32,13 @@ from typing import TYPE_CHECKING
 
 from rat.connection import CLOSED, LINGER_SECONDS, OPEN, Conn
 from rat.hub import Turn
+from rat.layer import Layer, LayerError
+from rat.net import close_reason
 
 if TYPE_CHECKING:
     from rat.server import Server
 
 log = logging.getLogger("rat")
-
-
-class LayerError(Exception):
-    """The peer broke the layer's protocol; `reason` names it (a metrics label)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
-        self.detail = detail or reason
-
-
-class Layer:
-    """The interface a sans-IO protocol layer offers `LayeredConn` (subclass it)."""
-
-    name = "layer"  # the transport name in logs and metrics ("ws", "tls", ...)
-    handshake_timeout: float | None = 10.0  # seconds to become `ready` (None: no limit)
-
-    @property
-    def ready(self) -> bool:
-        """The handshake is done: the connection may receive broadcasts."""
-        return True
-
-    @property
-    def finished(self) -> bool:
-        """The layer's conversation is over (a close handshake, a one-shot HTTP reply)."""
-        return False
-
-    def receive(self, data: bytes) -> bytes:
-        """Wire bytes in; the application bytes they completed out (maybe b"").
-
-        Raises `LayerError` if the peer broke the protocol.
-        """
-        raise NotImplementedError
-
-    def outgoing(self) -> bytes:
-        """Wire bytes the layer needs sent now (handshake, pong, close), or b""."""
-        return b""
-
-    def encode(self, data: bytes) -> bytes:
-        """Application bytes (whole lines) for this peer -> wire bytes."""
-        raise NotImplementedError
-
-    def encode_turn(self, turn: Turn) -> bytes:
-        """A whole turn for this peer; override to share the work via `turn.encoded`."""
-        return self.encode(turn.data)
-
-    def farewell(self, message: bytes, reason: str) -> bytes:
-        """Wire bytes that end the conversation: `message` (an ERR line), then a close."""
-        del reason
-        return self.encode(message) if message else b""
 
 
 class LayeredConn(Conn):
@@ -124,6 +77,8 @@ class LayeredConn(Conn):
             app = self.layer.receive(data)
         except LayerError as err:
             log.info("disconnect %s: %s (%s)", self.addr, err.reason.replace("_", " "), err.detail)
+            if err.accepted and self.room is not None:
+                super().received(err.accepted)
             self._send_layer_output()
             self.close_gracefully(err.reason)
             return
@@ -155,7 +110,12 @@ class LayeredConn(Conn):
         return self.cut_to_chunk_end()
 
     def deliver_turn(self, turn: Turn, now: float) -> None:
-        """This turn's lines, encoded for this peer, queued and (unless blocked) sent."""
+        """This turn's lines, encoded for this peer, sent (or queued behind a backlog).
+
+        The same fast path as for plain members (`Server._deliver_turn`): with
+        nothing queued, the (often shared) wire bytes go straight to `send`,
+        and only what the kernel does not take is queued.
+        """
         if self.state != OPEN:
             return
         own = None if turn.echo else turn.own.get(self)
@@ -165,9 +125,23 @@ class LayeredConn(Conn):
         else:
             chunks, lines = turn.chunks_for(self)
             wire = self.layer.encode(b"".join(chunks)) if chunks else b""
-        if wire:
-            self.server.counters.deliveries += lines
+        if not wire:
+            return
+        counters = self.server.counters
+        counters.deliveries += lines
+        if self.pending:
             self.queue([wire], now)
+            return
+        try:
+            sent = self.sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError as err:
+            self.close(close_reason(err))
+            return
+        counters.bytes_out += sent
+        if sent < len(wire):
+            self.keep_unsent(wire, sent, now)
 
     def send_lines(self, block: bytes) -> None:
         """Lines for this client alone (a chat reply), encoded by the layer."""

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 BUFFER_LIMIT = 256 * 1024  # bytes of log output held while the sink does not drain
+RETRY_SECONDS = 0.05  # how often the loop retries a sink that stopped draining
 
 
 class LogSink(logging.Handler):
@@ -86,7 +87,8 @@ class LogSink(logging.Handler):
                 return
             del self._pending[:written]
             if not self._pending and self.dropped:
-                note = f"log: {self.dropped} lines dropped (the log output was not draining)\n"
+                lines = "1 line" if self.dropped == 1 else f"{self.dropped} lines"
+                note = f"log: {lines} dropped (the log output was not draining)\n"
                 self.dropped = 0
                 self._pending += note.encode()
 
@@ -136,6 +138,37 @@ def _nonblocking_writer(
             return write, lambda: os.close(own)
     # A regular file (or no /proc): plain writes.
     return (lambda data: os.write(fd, data)), lambda: None
+
+
+def keep_draining(
+    sink: LogSink,
+    call_later: Callable[[float, Callable[[], None]], object],
+    interval: float = RETRY_SECONDS,
+) -> None:
+    """Have an event loop retry `sink` while lines wait in it.
+
+    Without this, waiting lines (and the count of the lost ones) come out
+    only when something new is logged, which in a quiet server may be never.
+    One timer runs while the sink is stalled, none otherwise.
+    """
+    scheduled = False
+
+    def retry() -> None:
+        nonlocal scheduled
+        scheduled = False
+        sink.retry()
+        if sink.backlog:
+            schedule()
+
+    def schedule() -> None:
+        nonlocal scheduled
+        if not scheduled:
+            scheduled = True
+            call_later(interval, retry)
+
+    sink.on_backlog = schedule
+    if sink.backlog:
+        schedule()
 
 
 def install(level: int, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> LogSink:

@@ -53,6 +53,21 @@ class OutBuffer:
         self._chunks.append(chunk)
         self.pending += len(chunk)
 
+    def append_unsent(self, chunk: bytes, sent: int) -> None:
+        """Queue the rest of `chunk`, whose first `sent` bytes a direct send took.
+
+        Only for an empty queue (the fan-out fast path sends before it
+        queues).  The chunk is kept whole with the read offset at `sent`,
+        exactly as if it had been queued and then partly sent, so that a cut
+        knows the wire stands inside this chunk and finishes it (a slice
+        queued as a chunk of its own would look untouched, and be dropped).
+        """
+        if self.pending:
+            raise ValueError("append_unsent on a queue that holds bytes")
+        self._chunks = deque((chunk,))
+        self._offset = sent
+        self.pending = len(chunk) - sent
+
     def cut_to_line_end(self) -> int:
         """Drop everything queued except the rest of a partly sent line; return bytes dropped.
 

@@ -155,8 +155,15 @@ class Server:
 
     @property
     def addresses(self) -> list[str]:
-        """Where the listeners listen ('127.0.0.1:8080', '[::1]:8080')."""
-        return [listen_address(a.sock) for a in self.acceptors if a.sock is not None]
+        """Where the listeners listen ('127.0.0.1:8080', '[::1]:8080', 'web 127.0.0.1:8081').
+
+        Other listeners than the plain TCP ones are named by their kind.
+        """
+        return [
+            listen_address(a.sock) if a.kind == "listener" else f"{a.kind} {listen_address(a.sock)}"
+            for a in self.acceptors
+            if a.sock is not None
+        ]
 
     # ----------------------------------------------------------------- run
 
@@ -205,17 +212,19 @@ class Server:
         socks: list[socket.socket],
         factory: Callable[[Server, socket.socket, str], Conn] = Conn,
         kind: str = "listener",
+        refusal: bytes = ERR_SERVER_FULL,
     ) -> None:
         """Accept on `socks`; each new connection is `factory(server, sock, addr)`.
 
         Plain TCP listeners make a `Conn`; other listeners (the web port, the
-        admin port) pass their own connection class.
+        admin port) pass their own connection class, and `refusal`, what a
+        client beyond `--max-clients` is told in their protocol.
         """
         for sock in socks:
             acceptor = Acceptor(
                 self.loop,
                 sock,
-                functools.partial(self.on_accept, factory),
+                functools.partial(self.on_accept, factory, refusal=refusal),
                 self.make_room,
                 self.spare,
                 on_shed=self._on_shed,
@@ -228,12 +237,13 @@ class Server:
         factory: Callable[[Server, socket.socket, str], Conn],
         sock: socket.socket,
         addr: str,
+        refusal: bytes = ERR_SERVER_FULL,
     ) -> None:
         """A new connection from an `Acceptor`: admit it, or refuse it with a reason."""
         if self.clients >= self.limits.max_clients and not self.make_room():
             self.counters.rejected_full += 1
             log.warning("refused %s: server full (%s)", addr, self.describe_clients())
-            refuse(sock, ERR_SERVER_FULL)
+            refuse(sock, refusal)
             return
         sock.setblocking(False)
         try:
@@ -385,7 +395,6 @@ class Server:
         size = len(data)
         lines = turn.lines
         own = turn.own
-        tracing = self.loop.tracer is not None
         delivered = sent_total = 0
         # A snapshot: a member whose send fails leaves the room at once.
         for conn in list(room.plain):
@@ -402,20 +411,7 @@ class Server:
                 continue
             sent_total += sent
             if sent < size:
-                if tracing:
-                    conn.note_short_send(sent, size)
-                conn.last_progress = now  # the write-timeout clock starts now
-                # The whole turn, its sent part marked as sent (not a slice
-                # of the rest): the queue must know that its first line is
-                # partly on the wire, so that a cut finishes that line
-                # before an ERR (OutBuffer.cut_to_line_end).
-                conn.append(data)
-                if sent:
-                    conn.advance(sent)
-                if conn.over_limit:
-                    conn.drop_slow_consumer()
-                else:
-                    conn.update_interest()  # ask for WRITABLE
+                conn.keep_unsent(data, sent, now)
         self.counters.deliveries += delivered
         self.counters.bytes_out += sent_total
         if room.layered:

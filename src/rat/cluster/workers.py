@@ -73,6 +73,8 @@ from rat.poller import READABLE, make_poller
 
 if TYPE_CHECKING:
     from rat.config import Config
+    from rat.logsink import LogSink
+    from rat.poller import Poller
     from rat.server import Server
 
 log = logging.getLogger("rat")
@@ -84,8 +86,10 @@ PEER_OUTPUT_LIMIT = 8 * 1024 * 1024  # bytes queued for one peer worker before t
 MAX_FRAME = 64 * 1024 * 1024  # a longer length prefix means the stream is broken
 _LENGTH = struct.Struct("!I")
 
-ServerClass = Callable[..., "Server"]
-DetailsFn = Callable[["Config", str, int], list[str]]
+# cli.build_server: (config, log sink, reuse_port) -> (server, descriptor limit) or an exit code
+BuildFn = Callable[["Config", "LogSink", bool], "tuple[Server, int] | int"]
+# cli._listening_details: (config, poller, descriptor limit) -> the listening line's details
+DetailsFn = Callable[["Config", "Poller", int], list[str]]
 
 
 # ---------------------------------------------------------------- the mesh
@@ -245,28 +249,23 @@ def _worker_main(
     slot: int,
     control: socket.socket,
     peers: dict[int, socket.socket],
-    server_class: ServerClass,
+    build: BuildFn,
 ) -> int:
     """One worker: a whole rat server on SO_REUSEPORT listeners, linked to the others."""
     from rat.logsink import install  # noqa: PLC0415 (the child's own log sink)
-    from rat.net import open_listeners, raise_nofile_limit  # noqa: PLC0415
 
     logger = logging.getLogger("rat")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    install(
+    sink = install(
         getattr(logging, config.log_level.upper()),
         fmt=f"%(asctime)s %(levelname)s worker {slot}: %(message)s",
     )
-    poller = make_poller(config.backend)
-    try:
-        listeners = open_listeners(config.host, config.port, config.backlog, reuse_port=True)
-    except OSError as err:
-        log.error("cannot listen on %s:%d: %s", config.host, config.port, err.strerror or err)
-        return 1
-    raise_nofile_limit()
-    server = server_class(listeners, poller, config)
+    built = build(config, sink, True)
+    if isinstance(built, int):
+        return built
+    server, _ = built
     if config.redis:
         from rat.cluster import attach_redis  # noqa: PLC0415
 
@@ -323,11 +322,11 @@ class Supervisor:
     def __init__(
         self,
         config: Config,
-        server_class: ServerClass,
+        build: BuildFn,
         held: list[socket.socket],
     ) -> None:
         self.config = config
-        self.server_class = server_class
+        self.build = build
         self.held = held  # the bound, not listening, sockets that keep the port
         self.slots = [_Slot(i + 1) for i in range(config.workers)]
         self.stopping = False
@@ -490,7 +489,7 @@ class Supervisor:
             try:
                 ours.close()
                 self._forget_in_child(slot, peers, others)
-                code = _worker_main(self.config, slot.index, theirs, peers, self.server_class)
+                code = _worker_main(self.config, slot.index, theirs, peers, self.build)
             except BaseException:  # a bug: say where, then exit (never return into the parent)
                 traceback.print_exc()
             finally:
@@ -611,29 +610,40 @@ def _drain_logs() -> None:
             drain(0.5)
 
 
-def supervise(config: Config, server_class: ServerClass, details: DetailsFn) -> int:
-    """`rat serve --workers N`: hold the port, run N workers, print `listening on` once."""
+def supervise(config: Config, build: BuildFn, details: DetailsFn) -> int:
+    """`rat serve --workers N`: hold the ports, run N workers, print `listening on` once."""
     from rat.logsink import announce  # noqa: PLC0415
     from rat.net import format_addr, open_listeners, raise_nofile_limit  # noqa: PLC0415
 
-    address = (
-        f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
-    )
     try:
         poller = make_poller(config.backend)
     except ValueError as err:
         print(f"rat: {err}", file=sys.stderr)
         return 2
-    backend = poller.name
-    poller.close()
-    try:
-        held = open_listeners(config.host, config.port, reuse_port=True, listen=False)
-    except OSError as err:
-        print(f"rat: cannot listen on {address}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    if not held:
-        print(f"rat: cannot listen on {address}: no IPv4 or IPv6 address", file=sys.stderr)
-        return 1
+    poller.close()  # only its name is needed here; each worker makes its own
+    # Hold each port (bound, not listening): errors are reported here, once,
+    # and --port 0 / --web 0 pick one port that every worker then binds.
+    wanted = [("", config.host, config.port)]
+    if config.web is not None:
+        wanted.append(("web ", config.web[0] or config.host, config.web[1]))
+    held: list[socket.socket] = []
+    names: list[str] = []
+    ports: list[int] = []
+    for kind, host, port in wanted:
+        try:
+            socks = open_listeners(host, port, reuse_port=True, listen=False)
+            failure = "" if socks else "no IPv4 or IPv6 address"
+        except OSError as err:
+            socks, failure = [], err.strerror or str(err)
+        if failure:
+            where = format_addr((host, port))
+            print(f"rat: cannot listen on {kind}{where}: {failure}", file=sys.stderr)
+            for sock in held:
+                sock.close()
+            return 1
+        held += socks
+        names += [kind + format_addr(sock.getsockname()) for sock in socks]
+        ports.append(socks[0].getsockname()[1])
     if config.redis:
         from rat.cluster.redis import parse_url, resolve  # noqa: PLC0415
 
@@ -645,9 +655,8 @@ def supervise(config: Config, server_class: ServerClass, details: DetailsFn) -> 
                 sock.close()
             return 1
     nofile = raise_nofile_limit()
-    port = held[0].getsockname()[1]
-    worker_config = dataclasses.replace(config, port=port)
-    addresses = ", ".join(format_addr(sock.getsockname()) for sock in held)
+    web = (config.web[0], ports[1]) if config.web is not None else None
+    worker_config = dataclasses.replace(config, port=ports[0], web=web)
     link = (
         f"each a node on {config.redis} channel {config.redis_channel}"
         if config.redis
@@ -656,7 +665,9 @@ def supervise(config: Config, server_class: ServerClass, details: DetailsFn) -> 
 
     def announce_line(pids: list[int]) -> None:
         workers = f"{len(pids)} workers (pids {', '.join(map(str, pids))}, {link})"
-        extra = details(config, backend, nofile)
-        announce(f"listening on {addresses} (pid {os.getpid()}, {workers}, {', '.join(extra)})")
+        extra = details(config, poller, nofile)
+        announce(
+            f"listening on {', '.join(names)} (pid {os.getpid()}, {workers}, {', '.join(extra)})"
+        )
 
-    return Supervisor(worker_config, server_class, held).run(announce_line)
+    return Supervisor(worker_config, build, held).run(announce_line)
