@@ -353,3 +353,30 @@ def test_chat_members_are_told_when_the_link_goes_down_and_comes_back() -> None:
     plain_server.hub.join("alice", plain_server.hub.lobby)
     plain.on_link_down()
     assert plain_server.end_turn() == {}  # without --chat, lines are only ever the clients'
+
+
+def test_prometheus_families() -> None:
+    server, backplane, link = node()
+    server.hub.join("alice", server.hub.lobby)
+    server.hub.publish("alice", b"a\nb\n")
+    backplane.receive(encode(new_origin(), 1, "#lobby", b"x\n"))
+    server.end_turn()
+    link.up = False
+    server.hub.publish("alice", b"c\n")
+    server.end_turn()
+    text = backplane.prometheus()
+    assert server.backplane is backplane  # type: ignore[attr-defined]
+    lines = text.splitlines()
+    for expected in (
+        "rat_backplane_lines_forwarded_total 2",
+        "rat_backplane_lines_received_total 1",
+        "rat_backplane_reconnects_total 0",
+        'rat_backplane_dropped_total{reason="overflow"} 0',
+        'rat_backplane_dropped_total{reason="disconnected"} 1',
+        "# TYPE rat_backplane_lag_seconds histogram",
+        'rat_backplane_lag_seconds_bucket{le="+Inf"} 1',
+        "rat_backplane_lag_seconds_count 1",
+    ):
+        assert expected in lines, text
+    for name in ("lines_forwarded_total", "dropped_total", "lag_seconds"):
+        assert f"# HELP rat_backplane_{name} " in text

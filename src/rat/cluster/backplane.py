@@ -171,6 +171,8 @@ class Backplane:
         self._malformed_logged = False
         self.hub.forward = self.forward
         server.loop.at_turn_end(self.end_of_turn)  # after Server.deliver
+        # For the admin endpoint (rat.admin reads it without importing us).
+        server.backplane = self  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ out
 
@@ -280,6 +282,58 @@ class Backplane:
 
     def on_resume(self) -> None:
         """Nothing to do: the turn that calls this ends with a delivery."""
+
+    def prometheus(self) -> str:
+        """The backplane's metric families in the Prometheus text format (for /metrics)."""
+        c = self.counters
+        out: list[str] = []
+
+        def family(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP {name} {text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+        family(
+            "rat_backplane_lines_forwarded_total",
+            "counter",
+            "Local lines handed to the backplane for other nodes.",
+            [("", c.lines_forwarded)],
+        )
+        family(
+            "rat_backplane_lines_received_total",
+            "counter",
+            "Lines from other nodes that reached this node.",
+            [("", c.lines_received)],
+        )
+        family(
+            "rat_backplane_reconnects_total",
+            "counter",
+            "Times the backplane link came back after being lost.",
+            [("", c.reconnects)],
+        )
+        family(
+            "rat_backplane_dropped_total",
+            "counter",
+            "Local lines not forwarded to other nodes, by reason.",
+            [
+                ('{reason="overflow"}', c.dropped_overflow),
+                ('{reason="disconnected"}', c.dropped_disconnected),
+            ],
+        )
+        lag = c.lag
+        buckets = [
+            ('{le="%s"}' % ("+Inf" if bound == float("inf") else f"{bound:g}"), count)
+            for bound, count in lag.cumulative()
+        ]
+        out.append(
+            "# HELP rat_backplane_lag_seconds Time from a remote node's publish to"
+            " local delivery (sender's wall clock)."
+        )
+        out.append("# TYPE rat_backplane_lag_seconds histogram")
+        out.extend(f"rat_backplane_lag_seconds_bucket{le} {n}" for le, n in buckets)
+        out.append(f"rat_backplane_lag_seconds_sum {lag.sum:g}")
+        out.append(f"rat_backplane_lag_seconds_count {lag.count}")
+        return "\n".join(out) + "\n"
 
     def close(self) -> None:
         """At exit: close the link, log what was done."""
