@@ -18,7 +18,8 @@ import pytest
 
 from rat.chat.server import ChatServer
 from rat.config import Config
-from rat.layered import Layer, LayeredConn
+from rat.layer import Layer
+from rat.layered import LayeredConn
 from rat.net import open_listeners
 from rat.poller import make_poller
 from rat.server import Server

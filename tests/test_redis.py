@@ -324,6 +324,7 @@ def test_bad_redis_options_are_usage_errors(rat_server: StartServer) -> None:
         (["--redis", "redis://h/abc"], "database must be a number"),
         (["--redis", "rediss://h"], "not supported"),
         (["--redis-channel", "x"], "applies only with --redis"),
+        (["--workers", "2", "--admin", "0"], "--admin cannot be combined with --workers"),
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "rat", "serve", "--port", "0", *args],
@@ -351,3 +352,24 @@ def test_bad_redis_options_are_usage_errors(rat_server: StartServer) -> None:
         check=False,
     )
     assert proc.returncode == 1 and b"cannot resolve the Redis host" in proc.stderr
+
+
+def test_admin_metrics_show_the_backplane(
+    rat_server: StartServer, redis: RedisServer, clients: Callable[..., socket.socket]
+) -> None:
+    a, b = start_nodes(rat_server, redis, 2, "--admin", "0")
+    sa, sb = clients(a), clients(b)
+    sync_all([[sa], [sb]])
+    sa.sendall(b"one\ntwo\n")
+    assert recv_lines(sb, 2) == [b"one\n", b"two\n"]
+    admin_port = int(re.search(r"admin 127\.0\.0\.1:(\d+)", b.stderr).group(1))  # type: ignore[union-attr]
+    with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as http:
+        http.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = b""
+        while chunk := http.recv(65536):
+            body += chunk
+    text = body.decode()
+    assert "rat_backplane_lines_received_total 3" in text  # the sync line and two
+    assert "rat_backplane_lines_forwarded_total 0" in text
+    assert 'rat_backplane_dropped_total{reason="overflow"} 0' in text
+    assert re.search(r'rat_backplane_lag_seconds_bucket\{le="\+Inf"\} 2\b', text), text

@@ -30,7 +30,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import FrameProtocol
 
 from rat.hub import Room
-from rat.layered import LayerError
+from rat.layer import LayerError
 from rat.web.http import WebSite, content_policy, normalize_origin
 from rat.web.layer import WebLayer
 from rat.web.websocket import frame_lines

@@ -1,4 +1,4 @@
-"""The `rat` command line: `rat serve` and `rat bench`.
+"""The `rat` command line: `rat serve`, `rat top` and `rat bench`.
 
 Every `rat serve` option can also come from the environment: `--max-line` is
 `RAT_MAX_LINE`, a switch such as `--echo` is on for `1`, `true` or `yes`.  An
@@ -20,6 +20,7 @@ from typing import Any
 from rat import __version__
 from rat.argtypes import host_and_port, real_number, whole_number
 from rat.config import (
+    DEFAULT_ADMIN_HOST,
     DEFAULT_ANNOUNCE_MAX,
     DEFAULT_COALESCE_MS,
     DEFAULT_HISTORY,
@@ -102,6 +103,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         action="store_true",
         help="print every poller event and interest change to stderr (for learning)",
     )
+    _add_operations_options(serve)
     tuning = serve.add_argument_group("tuning")
     tuning.add_argument(
         "--backlog",
@@ -182,6 +184,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         " a switch is on for 1/true/yes.  The command line wins."
     )
 
+    _add_top_command(commands)
     bench = commands.add_parser(
         "bench",
         help="load-test a line-broadcast server (rat, or any server speaking the protocol)",
@@ -256,6 +259,90 @@ def _chat_details(config: Config) -> list[str]:
 
 
 # --- end of chat mode ------------------------------------------------------------
+# ---- operations (issue 13): --admin, --log-format, `rat top` ---------------------
+# rat.admin (and h11) is imported only when --admin is given or `rat top` runs.
+
+
+def _add_operations_options(serve: argparse.ArgumentParser) -> None:
+    ops = serve.add_argument_group("operations")
+    ops.add_argument(
+        "--admin",
+        type=host_and_port,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve GET /metrics (Prometheus), /clients (JSON) and /healthz on this port"
+        f" (HOST defaults to {DEFAULT_ADMIN_HOST}; PORT 0: any free port; default: off)",
+    )
+    ops.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text, or as one JSON object per line",
+    )
+
+
+def _add_top_command(commands: Any) -> None:
+    top = commands.add_parser(
+        "top",
+        help="watch a running server through its admin endpoint",
+        description="Poll a server's --admin endpoint; show rates and the laggiest clients.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    top.add_argument(
+        "address",
+        nargs="?",
+        type=host_and_port,
+        default=os.environ.get("RAT_ADMIN") or "9100",
+        metavar="[HOST:]PORT",
+        help=f"the server's --admin address (HOST defaults to {DEFAULT_ADMIN_HOST};"
+        " default: $RAT_ADMIN, else 9100)",
+    )
+    top.add_argument(
+        "--interval",
+        type=real_number(at_least=0.05, maximum=3600),
+        default=1.0,
+        metavar="SECONDS",
+        help="time between refreshes (and between the two samples that rates need)",
+    )
+    top.add_argument(
+        "--clients",
+        type=whole_number(0, 1000),
+        default=10,
+        metavar="N",
+        help="how many of the laggiest clients to list",
+    )
+    top.add_argument("--once", action="store_true", help="print one frame and exit (no ANSI)")
+
+
+def _open_admin(config: Config) -> tuple[list[socket.socket], str]:
+    """The admin listeners, or ([], why not)."""
+    assert config.admin is not None
+    host, port = config.admin
+    host = host or DEFAULT_ADMIN_HOST
+    address = format_addr((host, port))
+    try:
+        socks = open_listeners(host, port, config.backlog)
+    except OSError as err:
+        return [], f"rat: cannot listen on admin {address}: {err.strerror or err}"
+    if not socks:
+        return [], f"rat: cannot listen on admin {address}: no IPv4 or IPv6 address"
+    return socks, ""
+
+
+def _top(args: argparse.Namespace) -> int:
+    from rat.admin.top import run  # noqa: PLC0415 (only when `rat top` runs)
+
+    host, port = args.address
+    return run(
+        host=host or DEFAULT_ADMIN_HOST,
+        port=port,
+        interval=args.interval,
+        clients=args.clients,
+        once=args.once,
+    )
+
+
+# ---- end of operations ------------------------------------------------------------
 
 
 # --- scale out (issue 15): --redis, --redis-channel, --workers --------------------
@@ -311,6 +398,13 @@ def _add_scale_options(serve: argparse.ArgumentParser) -> None:
 def _check_scale_options(serve: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.redis_channel != DEFAULT_REDIS_CHANNEL and not args.redis:
         serve.error("--redis-channel (or RAT_REDIS_CHANNEL) applies only with --redis URL")
+    if args.workers and args.admin is not None:
+        # Every worker has its own counters and clients: one port shared by
+        # SO_REUSEPORT would answer each scrape from a random worker.
+        serve.error(
+            "--admin cannot be combined with --workers yet (each worker has its own"
+            " metrics); run the workers as separate rat processes with --redis instead"
+        )
 
 
 def _start_backplane(server: Server, config: Config) -> Any:
@@ -383,6 +477,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         backend=args.backend,
         log_level=args.log_level,
         trace=args.trace,
+        admin=args.admin,
+        log_format=args.log_format,
         backlog=args.backlog,
         coalesce_ms=args.coalesce_ms,
         chat=args.chat,
@@ -415,13 +511,15 @@ def _listening_details(config: Config, poller: Poller, nofile: int) -> list[str]
 
 
 def serve(config: Config) -> int:
-    sink = install(getattr(logging, config.log_level.upper()))
+    sink = install(
+        getattr(logging, config.log_level.upper()), json_lines=config.log_format == "json"
+    )
     if config.workers:  # ---- scale out: this process supervises, workers serve
         return _serve_workers(config)
     built = build_server(config, sink)
     if isinstance(built, int):
         return built
-    server, nofile = built
+    server, nofile, admin = built
     try:  # ---- scale out: --redis
         backplane = _start_backplane(server, config)
     except OSError as err:
@@ -440,16 +538,19 @@ def serve(config: Config) -> int:
     try:
         return server.serve_forever(ready=ready)
     finally:
+        if admin is not None:
+            admin.close()
         if backplane is not None:
             backplane.close()
 
 
 def build_server(
     config: Config, sink: LogSink, reuse_port: bool = False
-) -> tuple[Server, int] | int:
-    """Open the listeners and build the server: (server, descriptor limit), or an exit code.
+) -> tuple[Server, int, Any] | int:
+    """Open the listeners, build the server: (server, descriptor limit, admin) or an exit code.
 
     `reuse_port`: the listeners take SO_REUSEPORT (a `--workers` worker).
+    `admin` is the admin endpoint to close at exit (None without --admin).
     """
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
@@ -487,6 +588,15 @@ def build_server(
                 sock.close()
             poller.close()
             return 1
+    admin_socks: list[socket.socket] = []
+    if config.admin is not None:  # ---- operations
+        admin_socks, failure = _open_admin(config)
+        if failure:
+            print(failure, file=sys.stderr)
+            for sock in [*listeners, *web_listeners]:
+                sock.close()
+            poller.close()
+            return 1
     nofile = raise_nofile_limit()
     server = _server_class(config)(listeners, poller, config)
     keep_draining(sink, server.loop.call_later)  # a stalled log catches up on its own
@@ -495,7 +605,13 @@ def build_server(
 
         serve_web(server, web_listeners, config.limits.max_line, config.web_origins)
     # ---- end of web
-    return server, nofile
+    admin = None
+    if admin_socks:
+        from rat.admin import serve_admin  # noqa: PLC0415 (h11 only with --admin)
+
+        admin = serve_admin(server, admin_socks)
+    # ---- end of operations
+    return server, nofile, admin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,6 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_chat_options(_subparser(parser, "serve"), args)
         _check_scale_options(_subparser(parser, "serve"), args)
         return serve(config_from_args(args))
+    if args.command == "top":
+        return _top(args)
     bench_module = _bench_module()
     if bench_module is None:
         print("rat: the bench command is not available in this build", file=sys.stderr)

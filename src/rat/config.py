@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+DEFAULT_ADMIN_HOST = "127.0.0.1"  # --admin PORT alone listens here, whatever --host is
 DEFAULT_MAX_LINE = 65536  # bytes, newline included (rat.framing.LineFramer)
 DEFAULT_MAX_PENDING = 8 * 1024 * 1024  # bytes queued for one client (rat.outbuf.OutBuffer)
 DEFAULT_WRITE_TIMEOUT = 30.0  # seconds without progress on queued output
@@ -52,6 +53,10 @@ class Config:
     backend: str = "auto"  # rat.poller.make_poller
     log_level: str = "info"
     trace: bool = False
+    # Operations (rat.admin): --admin [HOST:]PORT (None: off; an empty host
+    # means DEFAULT_ADMIN_HOST) and --log-format.
+    admin: tuple[str, int] | None = None
+    log_format: str = "text"  # or "json": one JSON object per log line
     backlog: int = 0  # listen() backlog; 0: the system's somaxconn
     coalesce_ms: float = DEFAULT_COALESCE_MS
     # Chat mode (rat.chat): nicks, rooms, commands.

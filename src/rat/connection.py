@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from rat.framing import LineFramer, LineTooLong
 from rat.hub import Room
+from rat.metrics import Backlog, human_rate
 from rat.net import close_reason, make_room_in_send_buffer, socket_error, unacked_bytes
 from rat.outbuf import MAX_BUFFERS_PER_SEND, OutBuffer
 from rat.poller import HANGUP, READABLE, WRITABLE
@@ -69,6 +70,7 @@ class Conn(OutBuffer):
 
     __slots__ = (
         "addr",
+        "backlog",
         "close_reason",
         "deadline",
         "eof",
@@ -101,6 +103,9 @@ class Conn(OutBuffer):
         self.shut = False  # we shut our sending side (closing)
         self.interest = READABLE  # what the poller watches this socket for
         self.last_progress = 0.0  # when the kernel last took bytes (or the queue began)
+        # While bytes wait: when they were queued, how fast they drain
+        # (rat.metrics; None for a client with nothing waiting).
+        self.backlog: Backlog | None = None
         self.deadline = 0.0  # CLOSING: when to stop waiting for the peer
         self.timer: Timer | None = None  # write timeout, or the closing checks
         self.close_reason = ""
@@ -196,16 +201,21 @@ class Conn(OutBuffer):
         This is the seam where a sans-IO layer sits: a layered connection
         overrides it to decode its protocol first (and may answer on the wire).
         """
-        server = self.server
         try:
             block = self.framer.feed(data)
         except LineTooLong as err:
             if err.accepted:
-                server.publish_lines(self, err.accepted)
+                self._publish(err.accepted)
             self.reject(ERR_LINE_TOO_LONG, "line_too_long")
             return
         if block:
-            server.publish_lines(self, block)
+            self._publish(block)
+
+    def _publish(self, block: bytes) -> None:
+        server = self.server
+        if server.observer is not None:  # --admin: count this client's lines
+            server.observer.lines_received(self, block)
+        server.publish_lines(self, block)
 
     def on_eof(self) -> None:
         """recv() returned b"": the peer shut its sending side.
@@ -261,6 +271,8 @@ class Conn(OutBuffer):
         """
         sock = self.sock
         server = self.server
+        since = self.last_progress  # when the bytes not yet in a backlog were queued
+        flushed = 0
         while self.pending:
             buffers = self.peek()
             try:
@@ -273,13 +285,21 @@ class Conn(OutBuffer):
             if sent:
                 self.advance(sent)
                 server.counters.bytes_out += sent
-                self.last_progress = server.loop.clock()
+                flushed += sent
+                now = self.last_progress = server.loop.clock()
+                if self.backlog is not None:
+                    self.backlog.took(sent, self.pending, now)
             # Go round again only if sendmsg's buffer cap, not the kernel,
             # stopped us: a short send means the socket buffer is full.
             if len(buffers) < MAX_BUFFERS_PER_SEND or sent < sum(map(len, buffers)):
                 if self.pending:
                     self.note_short_send(sent, sent + self.pending)
                 break
+        if not self.pending:
+            self.backlog = None
+        elif self.backlog is None:
+            # Bytes stay behind: from now on, remember when they were queued.
+            self.backlog = Backlog(self.pending, since, flushed)
         if not self.pending and self.state == CLOSING:
             self._queue_sent()
             if self.state == CLOSED:
@@ -294,8 +314,15 @@ class Conn(OutBuffer):
         """
         if not self.pending:
             self.last_progress = now  # the write-timeout clock starts now
+            self.backlog = None
+        elif self.backlog is None:
+            # Left over by a send on the fan-out fast path, which keeps no
+            # backlog: those bytes were queued when the queue began.
+            self.backlog = Backlog(self.pending, self.last_progress)
         for chunk in chunks:
             self.append(chunk)
+        if self.backlog is not None:
+            self.backlog.queued(self.pending, now)
         if not self.interest & WRITABLE:
             self.flush()
         if self.over_limit and self.state == OPEN:
@@ -368,13 +395,50 @@ class Conn(OutBuffer):
 
     def drop_slow_consumer(self) -> None:
         """Its queue passed --max-pending: best-effort ERR, close."""
+        text, fields = self.describe_backlog("slow_consumer")
         log.warning(
-            "disconnect %s: slow consumer (%d bytes queued, limit %d)",
+            "disconnect %s: slow consumer (%d bytes queued, limit %d; %s)",
             self.addr,
             self.pending,
             self.limit,
+            text,
+            extra=fields,
         )
         self.cut("slow_consumer")
+
+    def lag(self, now: float) -> float:
+        """Seconds since its oldest unsent byte was queued (0 if nothing waits)."""
+        if not self.pending:
+            return 0.0
+        backlog = self.backlog
+        return backlog.lag(now) if backlog is not None else max(0.0, now - self.last_progress)
+
+    def drain(self, now: float) -> tuple[float, float] | None:
+        """(bytes/s its socket took, bytes/s its queue grew) lately; None if not known."""
+        if not self.pending:
+            return None
+        backlog = self.backlog
+        if backlog is None:
+            # Left by the fast path and untouched since: had the socket taken
+            # anything, or anything been queued, there would be a backlog.
+            return 0.0, 0.0
+        return backlog.rates(self.pending, now)
+
+    def describe_backlog(self, reason: str) -> tuple[str, dict[str, object]]:
+        """For the log line of a cut: 'lag 3.2s, draining 0 B/s', and the same as fields."""
+        now = self.server.loop.clock()
+        lag = self.lag(now)
+        rates = self.drain(now)
+        drain = rates[0] if rates is not None else None
+        text = f"lag {lag:.3f}s, draining {human_rate(drain)}"
+        fields: dict[str, object] = {
+            "addr": self.addr,
+            "reason": reason,
+            "queued_bytes": self.pending,
+            "lag_seconds": round(lag, 6),
+            "drain_bytes_per_second": None if drain is None else round(drain, 1),
+        }
+        return text, fields
 
     def note_short_send(self, sent: int, queued: int) -> None:
         self.server.loop.note(f"send       fd={self.fd} {self.addr} took {sent} of {queued} bytes")
@@ -407,11 +471,14 @@ class Conn(OutBuffer):
         if stalled < timeout:  # it moved since the timer was set: look again later
             self.timer = server.loop.call_at(self.last_progress + timeout, self._check_progress)
             return
+        text, fields = self.describe_backlog("write_timeout")
         log.warning(
-            "disconnect %s: write timeout (no progress for %.1fs, %d bytes queued)",
+            "disconnect %s: write timeout (no progress for %.1fs, %d bytes queued; %s)",
             self.addr,
             stalled,
             self.pending,
+            text,
+            extra=fields,
         )
         self.cut("write_timeout")
 
@@ -419,7 +486,12 @@ class Conn(OutBuffer):
 
     def reject(self, message: bytes, reason: str) -> None:
         """A protocol violation: say why after what is queued, then close gracefully."""
-        log.info("disconnect %s: %s", self.addr, reason.replace("_", " "))
+        log.info(
+            "disconnect %s: %s",
+            self.addr,
+            reason.replace("_", " "),
+            extra={"addr": self.addr, "reason": reason},
+        )
         self.close_gracefully(reason, message)
 
     def cut(self, reason: str, message: bytes = ERR_SLOW_CONSUMER) -> None:
@@ -537,5 +609,7 @@ class Conn(OutBuffer):
         loop.cancel(self.timer)
         self.timer = None
         loop.remove(self.fd, self)
-        self.sock.close()
+        # The server is told while the socket is still open: with --admin it
+        # reads the kernel's byte counts for the closed-connection log.
         server.on_closed(self, quiet)
+        self.sock.close()

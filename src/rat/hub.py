@@ -32,7 +32,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rat.metrics import Observer
 
 Chunk = bytes | memoryview
 DEFAULT_ROOM = "#lobby"
@@ -185,7 +188,7 @@ class Room:
 class Hub:
     """The rooms, and the rooms that have lines waiting for this turn's delivery."""
 
-    __slots__ = ("_active", "_size", "echo", "forward", "lobby", "rooms")
+    __slots__ = ("_active", "_size", "echo", "forward", "lobby", "observer", "rooms")
 
     def __init__(self, echo: bool = False) -> None:
         self.echo = echo
@@ -193,6 +196,9 @@ class Hub:
         self.rooms: dict[str, Room] = {DEFAULT_ROOM: self.lobby}
         self._active: list[Room] = []  # rooms published to since the last take
         self._size = 0
+        # Told of every join and leave (--admin counts lines per client); the
+        # hub is the one place every room change passes, chat mode's included.
+        self.observer: Observer | None = None
         # Told of every local publish, `forward(room, block)`: the cluster
         # backplane (rat.cluster) sets it to pass lines on to other nodes.
         # One test per published block; None without --redis/--workers.
@@ -213,9 +219,13 @@ class Hub:
     def join(self, member: Hashable, room: Room, layered: bool = False) -> None:
         """Add `member` to `room` (plain or layered set)."""
         (room.layered if layered else room.plain)[member] = None
+        if self.observer is not None:
+            self.observer.joined(member, room)
 
     def leave(self, member: Hashable, room: Room) -> None:
         """Remove `member` from `room`; an empty room other than the lobby is forgotten."""
+        if self.observer is not None:
+            self.observer.left(member, room)
         room.plain.pop(member, None)
         room.layered.pop(member, None)
         if not room and room is not self.lobby and not room.size:

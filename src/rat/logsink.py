@@ -15,11 +15,17 @@ How "without blocking" is done depends on what stderr is:
 - a socket (journald's stdout stream): `send(MSG_DONTWAIT)`, non-blocking
   for that one call.
 - a regular file: plain writes (a disk does not stop reading).
+
+`--log-format json` changes only the formatting: one JSON object per line,
+with the fields of the text line (time, level, message) and, on a line
+about one client, the structured fields the call gave (`addr`, `reason`,
+`queued_bytes`, ...: the `extra=` of the logging call).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -171,11 +177,43 @@ def keep_draining(
         schedule()
 
 
-def install(level: int, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> LogSink:
-    """Route the `rat` logger to a non-blocking sink on stderr; return the sink."""
+# What every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, message, and the call's `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        fields.update((k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return json.dumps(fields, default=str, ensure_ascii=False)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """ISO 8601 with milliseconds and the UTC offset: '2026-05-09T07:35:25.123+00:00'."""
+        del datefmt
+        local = time.localtime(record.created)
+        offset = time.strftime("%z", local)
+        whole = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+        return f"{whole}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
+
+
+def install(
+    level: int, fmt: str = "%(asctime)s %(levelname)s %(message)s", json_lines: bool = False
+) -> LogSink:
+    """Route the `rat` logger to a non-blocking sink on stderr; return the sink.
+
+    `json_lines`: one JSON object per line instead of `fmt` (--log-format json).
+    """
     sys.stderr.flush()
     sink = LogSink(2)
-    sink.setFormatter(logging.Formatter(fmt))
+    sink.setFormatter(JsonFormatter() if json_lines else logging.Formatter(fmt))
     logger = logging.getLogger("rat")
     for old in list(logger.handlers):
         logger.removeHandler(old)

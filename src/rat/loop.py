@@ -93,6 +93,7 @@ class Loop:
         self.timers = Timers()
         self.turns = 0
         self._ready: dict[Resumable, None] = {}  # ordered, each handler once
+        self._turn_start: list[Callable[[], None]] = []
         self._turn_end: list[Callable[[], None]] = []
         self.signals: list[int] = []  # received, not yet handed on
         self._on_signal: Callable[[int], None] | None = None
@@ -147,6 +148,14 @@ class Loop:
         """Call `handler.on_resume()` next turn, without waiting for an event."""
         self._ready[handler] = None
 
+    def at_turn_start(self, hook: Callable[[], None]) -> None:
+        """Run `hook()` every turn as soon as the poller returns, before any handler.
+
+        With `at_turn_end`, this brackets the work of a turn without the
+        sleep in `poll()` (--admin times turns this way).
+        """
+        self._turn_start.append(hook)
+
     def at_turn_end(self, hook: Callable[[], None]) -> None:
         """Run `hook()` at the end of every turn, after events and timers."""
         self._turn_end.append(hook)
@@ -167,6 +176,8 @@ class Loop:
                 wait = until_due if wait is None else min(wait, until_due)
         events = self.poller.poll(wait)
         self.turns += 1
+        for hook in self._turn_start:
+            hook()
         handlers = self.handlers
         for fd, mask in events:
             handler = handlers.get(fd)

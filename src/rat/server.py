@@ -48,6 +48,7 @@ from rat.connection import CLOSING, OPEN, Conn
 from rat.hub import Hub, Room, Turn
 from rat.listener import Acceptor, SpareDescriptor, refuse
 from rat.loop import Loop
+from rat.metrics import Observer
 from rat.net import close_reason, enable_keepalive, listen_address
 from rat.poller import Poller
 from rat.timers import Timer
@@ -132,6 +133,9 @@ class Server:
         self.loop = loop = Loop(poller, trace=config.trace)
         self.hub = Hub(config.echo)
         self.counters = Counters()
+        # --admin's per-client statistics (rat.admin.telemetry); None: off,
+        # and each hook below is one `is None` test, never per receiver.
+        self.observer: Observer | None = None
         # Connections not yet closed.  They are found through the loop's
         # handler table (`connections()`): a second table of 10,000 entries
         # would cost idle memory on every connection.
@@ -242,7 +246,12 @@ class Server:
         """A new connection from an `Acceptor`: admit it, or refuse it with a reason."""
         if self.clients >= self.limits.max_clients and not self.make_room():
             self.counters.rejected_full += 1
-            log.warning("refused %s: server full (%s)", addr, self.describe_clients())
+            log.warning(
+                "refused %s: server full (%s)",
+                addr,
+                self.describe_clients(),
+                extra={"addr": addr, "reason": "server_full"},
+            )
             refuse(sock, refusal)
             return
         sock.setblocking(False)
@@ -255,6 +264,8 @@ class Server:
         self.counters.accepted += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connect %s (fd %d, %s)", addr, conn.fd, self.describe_clients())
+        if self.observer is not None:
+            self.observer.accepted(conn, self.loop.clock())
         conn.start()
 
     def join(self, conn: Conn, room: Room | None = None) -> None:
@@ -281,6 +292,7 @@ class Server:
             "disconnect %s: closed to make room (it had closed its sending side; %s)",
             conn.addr,
             self.describe_clients(),
+            extra={"addr": conn.addr, "reason": "evicted"},
         )
         self.counters.evicted += 1
         conn.abort("evicted")
@@ -356,11 +368,18 @@ class Server:
             # It had closed its side, and now a send or a probe found it gone.
             reason = conn.close_reason = "eof"
         self.counters.closed[reason] = self.counters.closed.get(reason, 0) + 1
+        if self.observer is not None:
+            self.observer.closed(conn, self.loop.clock())
         if not quiet and log.isEnabledFor(logging.DEBUG):
+            fields = {"addr": conn.addr, "reason": reason}
             if reason == "eof":
-                log.debug("disconnect %s: left (it had closed its side; now gone)", conn.addr)
+                log.debug(
+                    "disconnect %s: left (it had closed its side; now gone)",
+                    conn.addr,
+                    extra=fields,
+                )
             else:
-                log.debug("disconnect %s: %s", conn.addr, reason.replace("_", " "))
+                log.debug("disconnect %s: %s", conn.addr, reason.replace("_", " "), extra=fields)
 
     # ------------------------------------------------------------ delivery
 
@@ -391,6 +410,8 @@ class Server:
 
     def _deliver_turn(self, room: Room, turn: Turn, now: float) -> None:
         """The fast path (see the module docstring): one `send` per member, no copy."""
+        if self.observer is not None:  # --admin: per-room totals, once per room and turn
+            self.observer.turn(room, turn)
         data = turn.data
         size = len(data)
         lines = turn.lines

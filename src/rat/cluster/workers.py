@@ -62,7 +62,7 @@ import time
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rat.cluster.backoff import backoff_delay
 from rat.cluster.backplane import Backplane, Outgoing
@@ -86,8 +86,9 @@ PEER_OUTPUT_LIMIT = 8 * 1024 * 1024  # bytes queued for one peer worker before t
 MAX_FRAME = 64 * 1024 * 1024  # a longer length prefix means the stream is broken
 _LENGTH = struct.Struct("!I")
 
-# cli.build_server: (config, log sink, reuse_port) -> (server, descriptor limit) or an exit code
-BuildFn = Callable[["Config", "LogSink", bool], "tuple[Server, int] | int"]
+# cli.build_server: (config, log sink, reuse_port) -> (server, descriptor limit, admin)
+# or an exit code (no admin endpoint with --workers: the command line refuses it)
+BuildFn = Callable[["Config", "LogSink", bool], "tuple[Server, int, Any] | int"]
 # cli._listening_details: (config, poller, descriptor limit) -> the listening line's details
 DetailsFn = Callable[["Config", "Poller", int], list[str]]
 
@@ -261,11 +262,12 @@ def _worker_main(
     sink = install(
         getattr(logging, config.log_level.upper()),
         fmt=f"%(asctime)s %(levelname)s worker {slot}: %(message)s",
+        json_lines=config.log_format == "json",
     )
     built = build(config, sink, True)
     if isinstance(built, int):
         return built
-    server, _ = built
+    server = built[0]
     if config.redis:
         from rat.cluster import attach_redis  # noqa: PLC0415
 
