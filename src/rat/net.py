@@ -101,9 +101,11 @@ def _listen(
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
             except OSError:  # some systems are IPv6-only per socket and say so
                 pass
+        if not listen:  # bound only: the --workers supervisor holds the port
+            sock.bind(sockaddr)
+            return sock
         sock.bind(sockaddr)
-        if listen:
-            sock.listen(backlog)
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
