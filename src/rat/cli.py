@@ -351,8 +351,6 @@ def _top(args: argparse.Namespace) -> int:
 
 def _redis_url(text: str) -> str:
     """argparse type for --redis: the URL, checked (imports rat.cluster only then)."""
-    if not text:
-        return text  # the default (argparse passes string defaults through the type)
     from rat.cluster.redis import parse_url  # noqa: PLC0415 (only with --redis)
 
     try:
@@ -373,7 +371,7 @@ def _add_scale_options(serve: argparse.ArgumentParser) -> None:
     scale.add_argument(
         "--redis",
         type=_redis_url,
-        default="",
+        default=None,
         metavar="URL",
         help="redis://HOST:PORT[/DB]: every rat on this Redis forms one broadcast"
         " (one set of rooms with --chat)",
@@ -396,7 +394,7 @@ def _add_scale_options(serve: argparse.ArgumentParser) -> None:
 
 
 def _check_scale_options(serve: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.redis_channel != DEFAULT_REDIS_CHANNEL and not args.redis:
+    if args.redis_channel != DEFAULT_REDIS_CHANNEL and args.redis is None:
         serve.error("--redis-channel (or RAT_REDIS_CHANNEL) applies only with --redis URL")
     if args.workers and args.admin is not None:
         # Every worker has its own counters and clients: one port shared by
@@ -486,7 +484,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         announce_max=args.announce_max,
         web=args.web,
         web_origins=tuple(args.web_origin),
-        redis=args.redis,
+        redis=args.redis or "",
         redis_channel=args.redis_channel,
         workers=args.workers,
         limits=Limits(
