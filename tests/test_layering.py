@@ -48,7 +48,17 @@ SPINE_PURE = frozenset(
     {"rat.framing", "rat.outbuf", "rat.hub", "rat.timers", "rat.config", "rat.layer"}
 )
 # Sans-IO modules of the feature packages whose names do not say so.
-FEATURE_PURE = frozenset({"rat.web.http", "rat.web.websocket", "rat.chat.text"})
+FEATURE_PURE = frozenset(
+    {
+        "rat.web.http",
+        "rat.web.websocket",
+        "rat.chat.text",
+        "rat.cluster.message",
+        "rat.cluster.resp",
+        "rat.cluster.backoff",
+        "rat.cluster.backplane",
+    }
+)
 IO_MODULES = frozenset({"socket", "select", "selectors"})
 # Libraries that only features need: the plain server must not load them.
 FEATURE_LIBRARIES = ("h11", "wsproto", "ssl", "_ssl", "hiredis", "redis", "ratbench")

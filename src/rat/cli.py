@@ -29,15 +29,17 @@ from rat.config import (
     DEFAULT_MAX_LINE,
     DEFAULT_MAX_PENDING,
     DEFAULT_PORT,
+    DEFAULT_REDIS_CHANNEL,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_WRITE_TIMEOUT,
     MAX_HISTORY,
+    MAX_WORKERS,
     Config,
     Limits,
 )
-from rat.logsink import announce, install, keep_draining
+from rat.logsink import LogSink, announce, install, keep_draining
 from rat.net import format_addr, open_listeners, raise_nofile_limit
-from rat.poller import make_poller
+from rat.poller import Poller, make_poller
 from rat.server import Server
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -177,6 +179,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         " RAT_WEB_ORIGIN; the page's own origin is always accepted)",
     )
     # ---- end of web
+    _add_scale_options(serve)
     serve.epilog = (
         "Every option can also be set in the environment: --max-line is RAT_MAX_LINE,"
         " a switch is on for 1/true/yes.  The command line wins."
@@ -403,6 +406,91 @@ def _top(args: argparse.Namespace) -> int:
 # ---- end of operations ------------------------------------------------------------
 
 
+# --- scale out (issue 15): --redis, --redis-channel, --workers --------------------
+# rat.cluster is imported only when one of these options is given.
+
+
+def _redis_url(text: str) -> str:
+    """argparse type for --redis: the URL, checked (imports rat.cluster only then)."""
+    from rat.cluster.redis import parse_url  # noqa: PLC0415 (only with --redis)
+
+    try:
+        parse_url(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _redis_channel(text: str) -> str:
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"a channel name without spaces is needed: {text!r}")
+    return text
+
+
+def _add_scale_options(serve: argparse.ArgumentParser) -> None:
+    scale = serve.add_argument_group("scale out")
+    scale.add_argument(
+        "--redis",
+        type=_redis_url,
+        default=None,
+        metavar="URL",
+        help="redis://HOST:PORT[/DB]: every rat on this Redis forms one broadcast"
+        " (one set of rooms with --chat)",
+    )
+    scale.add_argument(
+        "--redis-channel",
+        type=_redis_channel,
+        default=DEFAULT_REDIS_CHANNEL,
+        metavar="NAME",
+        help="Redis pub/sub channel (with --chat: NAME:#room per room)",
+    )
+    scale.add_argument(
+        "--workers",
+        type=whole_number(0, MAX_WORKERS),
+        default=0,
+        metavar="N",
+        help="N worker processes share the port (SO_REUSEPORT) and form one broadcast;"
+        " --max-clients applies to each (0: serve in this process)",
+    )
+
+
+def _check_scale_options(serve: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.redis_channel != DEFAULT_REDIS_CHANNEL and args.redis is None:
+        serve.error("--redis-channel (or RAT_REDIS_CHANNEL) applies only with --redis URL")
+    if args.workers and args.admin is not None:
+        # Every worker has its own counters and clients: one port shared by
+        # SO_REUSEPORT would answer each scrape from a random worker.
+        serve.error(
+            "--admin cannot be combined with --workers yet (each worker has its own"
+            " metrics); run the workers as separate rat processes with --redis instead"
+        )
+    if args.workers and args.unix is not None:
+        # Every worker would bind the same socket file: only one of them can.
+        serve.error(
+            "--unix cannot be combined with --workers: only one process can listen on a"
+            " socket file; run one rat with --unix, or use TCP with --workers"
+        )
+
+
+def _start_backplane(server: Server, config: Config) -> Any:
+    """With --redis: the server's backplane, connecting (None without it)."""
+    if not config.redis:
+        return None
+    from rat.cluster import attach_redis  # noqa: PLC0415 (only with --redis)
+
+    return attach_redis(server, config)
+
+
+def _serve_workers(config: Config) -> int:
+    """--workers N: this process supervises N workers, each a whole server."""
+    from rat.cluster.workers import supervise  # noqa: PLC0415 (only with --workers)
+
+    return supervise(config, build_server, _listening_details)
+
+
+# --- end of scale out ---------------------------------------------------------------
+
+
 def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
     """Take `RAT_*` variables as defaults for the `serve` options (see the module doc)."""
     serve = _subparser(parser, "serve")
@@ -469,6 +557,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         announce_max=args.announce_max,
         web=args.web,
         web_origins=tuple(args.web_origin),
+        redis=args.redis or "",
+        redis_channel=args.redis_channel,
+        workers=args.workers,
         limits=Limits(
             max_line=args.max_line,
             max_pending=args.max_pending,
@@ -479,10 +570,59 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def _listening_details(config: Config, poller: Poller, nofile: int) -> list[str]:
+    """The `listening on` line's details after the PID (shared with --workers)."""
+    details = [f"backend {poller.name}", f"descriptor limit {nofile}"]
+    if config.echo:
+        details.append("echo on")
+    if config.coalesce_ms:
+        details.append(f"coalescing {config.coalesce_ms:g} ms")
+    details += _chat_details(config)
+    return details
+
+
 def serve(config: Config) -> int:
     sink = install(
         getattr(logging, config.log_level.upper()), json_lines=config.log_format == "json"
     )
+    if config.workers:  # ---- scale out: this process supervises, workers serve
+        return _serve_workers(config)
+    built = build_server(config, sink)
+    if isinstance(built, int):
+        return built
+    server, nofile, extras = built
+    try:  # ---- scale out: --redis
+        backplane = _start_backplane(server, config)
+    except OSError as err:
+        print(f"rat: cannot resolve the Redis host of {config.redis}: {err}", file=sys.stderr)
+        server.close()
+        return 1
+
+    def ready() -> None:
+        details = [f"pid {os.getpid()}", *_listening_details(config, server.loop.poller, nofile)]
+        details[3:3] = extras.details()  # ---- security and reach, after the descriptor limit
+        if backplane is not None:
+            from rat.cluster import describe  # noqa: PLC0415 (only with --redis)
+
+            details.append(describe(backplane))
+        announce(f"listening on {', '.join(server.addresses)} ({', '.join(details)})")
+
+    try:
+        return server.serve_forever(ready=ready)
+    finally:
+        extras.close()
+        if backplane is not None:
+            backplane.close()
+
+
+def build_server(
+    config: Config, sink: LogSink, reuse_port: bool = False
+) -> tuple[Server, int, Any] | int:
+    """Open the listeners, build the server: (server, descriptor limit, extras) or an exit code.
+
+    `reuse_port`: the listeners take SO_REUSEPORT (a `--workers` worker).
+    `extras` (`Extras`): the admin endpoint and the security set-up, to close at exit.
+    """
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
@@ -502,7 +642,7 @@ def serve(config: Config) -> int:
         return 1
     # ---- end of security and reach
     try:
-        listeners = open_listeners(config.host, config.port, config.backlog)
+        listeners = open_listeners(config.host, config.port, config.backlog, reuse_port=reuse_port)
     except OSError as err:
         reason = err.strerror or str(err)
         print(f"rat: cannot listen on {address}: {reason}", file=sys.stderr)
@@ -517,7 +657,9 @@ def serve(config: Config) -> int:
         web_host = config.web[0] or config.host
         web_address = format_addr((web_host, config.web[1]))
         try:
-            web_listeners = open_listeners(web_host, config.web[1], config.backlog)
+            web_listeners = open_listeners(
+                web_host, config.web[1], config.backlog, reuse_port=reuse_port
+            )
             failure = "" if web_listeners else "no IPv4 or IPv6 address"
         except OSError as err:
             failure = err.strerror or str(err)
@@ -571,26 +713,26 @@ def serve(config: Config) -> int:
 
         admin = serve_admin(server, admin_socks)
     # ---- end of operations
-
-    def ready() -> None:
-        details = [f"pid {os.getpid()}", f"backend {poller.name}", f"descriptor limit {nofile}"]
-        if config.echo:
-            details.append("echo on")
-        if config.coalesce_ms:
-            details.append(f"coalescing {config.coalesce_ms:g} ms")
-        details += security.details()  # ---- security and reach
-        details += _chat_details(config)
-        announce(f"listening on {', '.join(server.addresses)} ({', '.join(details)})")
-
     warning = security.exposure_warning(server.addresses)  # ---- security and reach
     if warning:
         logging.getLogger("rat").warning("%s", warning)
-    try:
-        return server.serve_forever(ready=ready)
-    finally:
-        if admin is not None:
-            admin.close()
-        security.close()  # ---- security and reach: remove the Unix socket file
+    return server, nofile, Extras(admin, security)
+
+
+class Extras:
+    """What `build_server` set up besides the server: details to announce, things to close."""
+
+    def __init__(self, admin: Any, security: Any) -> None:
+        self.admin = admin
+        self.security = security
+
+    def details(self) -> list[str]:
+        return list(self.security.details())
+
+    def close(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+        self.security.close()  # removes the Unix socket file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -607,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         _check_security_options(_subparser(parser, "serve"), args)
         _check_chat_options(_subparser(parser, "serve"), args)
+        _check_scale_options(_subparser(parser, "serve"), args)
         return serve(config_from_args(args))
     if args.command == "top":
         return _top(args)

@@ -27,6 +27,9 @@ DEFAULT_COALESCE_MS = 0.0  # hold deliveries this long after the previous one (0
 DEFAULT_HISTORY = 0  # messages kept per room for joiners (0: none)
 MAX_HISTORY = 10000
 DEFAULT_ANNOUNCE_MAX = 100  # rooms with more members get no join/leave notices
+# Scale out (rat.cluster)
+DEFAULT_REDIS_CHANNEL = "rat"  # chat mode: one channel per room, "rat:#lobby"
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,10 @@ class Config:
     chat: bool = False
     history: int = DEFAULT_HISTORY
     announce_max: int = DEFAULT_ANNOUNCE_MAX
+    # Scale out (rat.cluster): a Redis backplane, worker processes.
+    redis: str = ""  # redis://HOST:PORT[/DB]; "" = no backplane
+    redis_channel: str = DEFAULT_REDIS_CHANNEL
+    workers: int = 0  # worker processes under a supervisor; 0 = serve in this process
     limits: Limits = field(default_factory=Limits)
     # --web [HOST:]PORT: the HTTP/WebSocket listener (rat.web); None: off.
     # An empty host means the same host as the TCP listener.

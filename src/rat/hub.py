@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 Chunk = bytes | memoryview
 DEFAULT_ROOM = "#lobby"
+# The sender of lines that came from another node (rat.cluster): no local
+# member is it, so every member receives them.
+REMOTE = "<remote>"
 
 # A sender's share of a turn is copied out instead of sliced when it is less
 # than this fraction of the turn: a small slice would otherwise keep the whole
@@ -185,7 +188,7 @@ class Room:
 class Hub:
     """The rooms, and the rooms that have lines waiting for this turn's delivery."""
 
-    __slots__ = ("_active", "_size", "echo", "lobby", "observer", "rooms")
+    __slots__ = ("_active", "_size", "echo", "forward", "lobby", "observer", "rooms")
 
     def __init__(self, echo: bool = False) -> None:
         self.echo = echo
@@ -196,6 +199,10 @@ class Hub:
         # Told of every join and leave (--admin counts lines per client); the
         # hub is the one place every room change passes, chat mode's included.
         self.observer: Observer | None = None
+        # Told of every local publish, `forward(room, block)`: the cluster
+        # backplane (rat.cluster) sets it to pass lines on to other nodes.
+        # One test per published block; None without --redis/--workers.
+        self.forward: Callable[[Room, bytes], None] | None = None
 
     @property
     def size(self) -> int:
@@ -226,11 +233,20 @@ class Hub:
 
     def publish(self, sender: Hashable, block: bytes, room: Room | None = None) -> int:
         """Queue `block` (complete lines) from `sender` in `room` (the lobby by default)."""
-        room = room or self.lobby
+        room = self.lobby if room is None else room  # (an empty Room is falsy)
         if not room.size:
             self._active.append(room)
         self._size += len(block)
+        if self.forward is not None:
+            self.forward(room, block)
         return room.publish(sender, block)
+
+    def publish_remote(self, block: bytes, room: Room) -> int:
+        """Lines from another node: every member gets them, and they are never forwarded."""
+        if not room.size:
+            self._active.append(room)
+        self._size += len(block)
+        return room.publish(REMOTE, block)
 
     def take_turns(self) -> list[tuple[Room, Turn]]:
         """Each room that got lines since the last call, with its turn."""

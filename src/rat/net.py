@@ -38,7 +38,9 @@ def somaxconn(default: int = socket.SOMAXCONN) -> int:
         return default
 
 
-def open_listeners(host: str, port: int, backlog: int = 0) -> list[socket.socket]:
+def open_listeners(
+    host: str, port: int, backlog: int = 0, reuse_port: bool = False, listen: bool = True
+) -> list[socket.socket]:
     """Bind and listen on every address `host` resolves to; return one socket each.
 
     `localhost` usually resolves to both 127.0.0.1 and ::1: a server that took
@@ -47,6 +49,11 @@ def open_listeners(host: str, port: int, backlog: int = 0) -> list[socket.socket
     number reaches the server on every address.  When a host resolves to both
     an IPv4 and an IPv6 address, the IPv6 socket is IPv6-only (the IPv4 one
     takes IPv4); `--host ::` alone is dual-stack where the system allows.
+
+    `reuse_port` sets SO_REUSEPORT, so that several processes (`--workers`)
+    listen on one port and the kernel spreads connections over them;
+    `listen=False` only binds (the `--workers` supervisor holds the port so,
+    without taking connections itself).
 
     Raises OSError (socket.gaierror for a name that does not resolve); on
     failure no socket stays open.
@@ -65,7 +72,10 @@ def open_listeners(host: str, port: int, backlog: int = 0) -> list[socket.socket
         for family, host_ip, rest in addrs:
             # With port 0, the first listener picks the port and the rest follow it.
             bind_port = listeners[0].getsockname()[1] if listeners and port == 0 else port
-            listeners.append(_listen(family, (host_ip, bind_port, *rest), backlog, v6only=both))
+            bind_addr = (host_ip, bind_port, *rest)
+            listeners.append(
+                _listen(family, bind_addr, backlog, both, reuse_port=reuse_port, listen=listen)
+            )
     except OSError:
         for sock in listeners:
             sock.close()
@@ -74,16 +84,27 @@ def open_listeners(host: str, port: int, backlog: int = 0) -> list[socket.socket
 
 
 def _listen(
-    family: socket.AddressFamily, sockaddr: tuple[object, ...], backlog: int, v6only: bool
+    family: socket.AddressFamily,
+    sockaddr: tuple[object, ...],
+    backlog: int,
+    v6only: bool,
+    *,
+    reuse_port: bool = False,
+    listen: bool = True,
 ) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             try:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
             except OSError:  # some systems are IPv6-only per socket and say so
                 pass
+        if not listen:  # bound only: the --workers supervisor holds the port
+            sock.bind(sockaddr)
+            return sock
         sock.bind(sockaddr)
         sock.listen(backlog)
         sock.setblocking(False)

@@ -306,7 +306,7 @@ class Server:
 
     def join(self, conn: Conn, room: Room | None = None) -> None:
         """`conn` starts receiving `room`'s broadcasts (the lobby by default)."""
-        room = room or self.hub.lobby
+        room = self.hub.lobby if room is None else room  # (an empty Room is falsy)
         conn.room = room
         self.hub.join(conn, room, layered=conn.layered)
 
@@ -343,6 +343,16 @@ class Server:
     def publish_lines(self, conn: Conn, block: bytes) -> None:
         """Complete lines from `conn`: into its room's turn (sent at the end of the turn)."""
         self.counters.lines_in += self.hub.publish(conn, block, conn.room)
+        if self.hub.size >= self.turn_bytes:
+            self._deliver_now()
+
+    def publish_remote(self, room: Room, block: bytes) -> None:
+        """Complete lines from another node (rat.cluster): for every member of `room`.
+
+        They join the room's turn like local lines, from a sender that is no
+        member (so nobody is left out), and are not forwarded again.
+        """
+        self.hub.publish_remote(block, room)
         if self.hub.size >= self.turn_bytes:
             self._deliver_now()
 

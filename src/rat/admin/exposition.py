@@ -199,7 +199,13 @@ def render_metrics(server: Server, telemetry: Telemetry) -> str:
         "When the admin endpoint started, in seconds since the Unix epoch.",
         telemetry.started_wall,
     )
-    return out.text()
+    text = out.text()
+    # --redis / --workers (rat.cluster) hang a backplane on the server; it is
+    # read by duck typing, since feature packages do not import each other.
+    backplane = getattr(server, "backplane", None)
+    if backplane is not None:
+        text += backplane.prometheus()
+    return text
 
 
 def client_view(

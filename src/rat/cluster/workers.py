@@ -1,0 +1,675 @@
+"""`--workers N`: N processes, one port, one broadcast, and a parent that keeps them up.
+
+Theory of operation
+===================
+rat is one thread on one loop; a machine with several cores runs several.
+`rat serve --workers N` starts a *supervisor* (this process) that serves no
+client itself, and N *workers*, each a whole rat server with its own loop.
+
+Sharing the port.  Every worker opens its own listening sockets with
+SO_REUSEPORT on the same address and port, and the kernel spreads incoming
+connections over them (by a hash of the connection's addresses, not by
+load).  The supervisor binds the port first, with SO_REUSEPORT but without
+`listen()`, so a bad address or a port in use is reported once, before any
+worker starts, `--port 0` picks one port for all, and nobody else can take
+the port while a worker restarts.  A socket that is bound but not listening
+receives no connection.
+
+One broadcast.  Each worker's backplane (`rat.cluster.backplane`) forwards
+a turn's lines once per turn to every other worker over a mesh of Unix
+socket pairs that the supervisor makes (N*(N-1)/2 of them): a 4-byte length,
+then the message (`rat.cluster.message`).  The mesh needs no broker, and a
+sender's lines travel one stream to each peer, so per-sender order holds.
+Each worker delivers its own clients' lines first, so two workers may show
+two senders' lines in different orders (SPEC "Scale": per-sender order,
+not one global order).  With `--redis`, the workers use Redis instead, each
+as one more node.
+
+`--max-clients` applies to each worker: the kernel does not look at how
+full a worker is before it hands it a connection, so a shared limit would
+refuse clients on one worker while another has room.  N workers take up to
+N times `--max-clients`.
+
+Supervision.  The supervisor forks the workers, and restarts one that dies
+(after a capped back-off, reset once a worker has lived `STABLE_AFTER`
+seconds), making new socket pairs for it and passing the other ends to the
+running workers over their control sockets (SCM_RIGHTS).  A worker's
+clients are lost with it; the others keep going.  SIGTERM or SIGINT is
+passed on to every worker, which drains like a single rat; the supervisor
+exits 0 once all have exited 0.  A second signal is passed on too (workers
+then exit at once).  SIGHUP is passed on: a worker with something to reload
+reloads, one without stops (exit 0), and a worker that exits 0 is not
+restarted.  Workers live in their own process group, so a Ctrl-C at the
+terminal reaches the supervisor alone and each worker gets one SIGINT, not
+two.  A worker whose supervisor has gone (its control socket reads EOF)
+stops gracefully.
+
+The supervisor prints the `listening on` line once, with its own PID and
+the workers', after every worker is listening.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from rat.cluster.backoff import backoff_delay
+from rat.cluster.backplane import Backplane, Outgoing
+from rat.cluster.message import new_origin
+from rat.cluster.stream import Stream
+from rat.loop import Loop
+from rat.poller import READABLE, make_poller
+
+if TYPE_CHECKING:
+    from rat.config import Config
+    from rat.logsink import LogSink
+    from rat.poller import Poller
+    from rat.server import Server
+
+log = logging.getLogger("rat")
+
+STABLE_AFTER = 30.0  # seconds a worker must live before its restart back-off resets
+RESTART_FIRST = 0.1  # seconds before the first restart
+RESTART_CAP = 5.0
+PEER_OUTPUT_LIMIT = 8 * 1024 * 1024  # bytes queued for one peer worker before turns are dropped
+MAX_FRAME = 64 * 1024 * 1024  # a longer length prefix means the stream is broken
+_LENGTH = struct.Struct("!I")
+
+# cli.build_server: (config, log sink, reuse_port) -> (server, descriptor limit, admin)
+# or an exit code (no admin endpoint with --workers: the command line refuses it)
+BuildFn = Callable[["Config", "LogSink", bool], "tuple[Server, int, Any] | int"]
+# cli._listening_details: (config, poller, descriptor limit) -> the listening line's details
+DetailsFn = Callable[["Config", "Poller", int], list[str]]
+
+
+# ---------------------------------------------------------------- the mesh
+
+
+class PeerStream(Stream):
+    """The stream to one other worker: length-prefixed messages both ways."""
+
+    __slots__ = ("_inbuf", "dropping", "mesh", "slot")
+
+    def __init__(self, loop: Loop, sock: socket.socket, mesh: MeshLink, slot: int) -> None:
+        super().__init__(loop, sock, f"worker-{slot}")
+        self.mesh = mesh
+        self.slot = slot
+        self.dropping: int | None = None  # lines dropped in the current overflow episode
+        self._inbuf = bytearray()
+
+    def on_data(self, view: memoryview) -> None:
+        buf = self._inbuf
+        buf += view
+        pos = 0
+        receive = self.mesh.backplane.receive
+        while len(buf) - pos >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buf, pos)
+            if size > MAX_FRAME:
+                self.lose(f"a message of {size} bytes: the stream is broken")
+                return
+            end = pos + _LENGTH.size + size
+            if len(buf) < end:
+                break
+            receive(bytes(buf[pos + _LENGTH.size : end]))
+            pos = end
+            if self.closed:
+                return
+        if pos:
+            del buf[:pos]
+
+    def on_lost(self, reason: str) -> None:
+        self.mesh.peer_lost(self, reason)
+
+
+class MeshLink:
+    """The backplane's link to the other workers: one socket pair each."""
+
+    def __init__(self, loop: Loop, backplane: Backplane, slot: int) -> None:
+        self.loop = loop
+        self.backplane = backplane
+        self.slot = slot
+        self.peers: dict[int, PeerStream] = {}
+
+    @property
+    def up(self) -> bool:
+        return True  # peers come and go; those present get every turn
+
+    def add_peer(self, slot: int, sock: socket.socket) -> None:
+        """The stream to worker `slot` (new, or in place of one that died)."""
+        old = self.peers.pop(slot, None)
+        if old is not None:
+            old.close()
+        self.peers[slot] = PeerStream(self.loop, sock, self, slot)
+
+    def peer_lost(self, peer: PeerStream, reason: str) -> None:
+        if self.peers.get(peer.slot) is peer:
+            del self.peers[peer.slot]
+            log.debug("mesh: worker %d gone (%s)", peer.slot, reason)
+
+    def send(self, messages: list[Outgoing]) -> bool:
+        """One turn's messages to every peer: framed once, queued on each, one write each."""
+        chunks: list[bytes | memoryview] = []
+        lines = 0
+        for _, head, payload in messages:
+            chunks += (_LENGTH.pack(len(head) + len(payload)), head, payload)
+            lines += payload.count(b"\n")
+        counters = self.backplane.counters
+        for peer in list(self.peers.values()):
+            if peer.pending > PEER_OUTPUT_LIMIT:
+                # A stuck worker must not grow our memory: drop its share, say so once.
+                counters.dropped_overflow += lines
+                if peer.dropping is None:
+                    peer.dropping = 0
+                    log.warning(
+                        "mesh: worker %d is not reading (%d bytes queued): its clients miss"
+                        " lines from this worker until it catches up",
+                        peer.slot,
+                        peer.pending,
+                    )
+                peer.dropping += lines
+                continue
+            if peer.dropping is not None:
+                log.warning(
+                    "mesh: worker %d caught up; it missed %d lines", peer.slot, peer.dropping
+                )
+                peer.dropping = None
+            peer.queue(chunks)
+        return True
+
+    def close(self) -> None:
+        for peer in list(self.peers.values()):
+            if peer.pending:
+                peer.flush()
+            peer.close()
+        self.peers.clear()
+
+
+class ControlChannel:
+    """A worker's end of its control socket: peers from the supervisor; EOF: it is gone."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        on_peer: Callable[[int, socket.socket], None],
+        on_orphaned: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.on_peer = on_peer
+        self.on_orphaned = on_orphaned
+        sock.setblocking(False)
+        loop.add(sock.fileno(), self, READABLE)
+
+    def describe(self) -> str:
+        return "supervisor"
+
+    def on_event(self, mask: int) -> None:
+        del mask
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.sock, 64, 4)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data and not fds:
+                self.loop.remove(self.sock.fileno(), self)
+                self.on_orphaned()
+                return
+            words = data.split()
+            if len(words) == 2 and words[0] == b"peer" and words[1].isdigit() and len(fds) == 1:
+                self.on_peer(int(words[1]), socket.socket(fileno=fds[0]))
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def send(self, message: bytes) -> None:
+        try:
+            self.sock.send(message)
+        except OSError:
+            pass  # the supervisor is gone: on_event will see EOF
+
+
+# -------------------------------------------------------------- the worker
+
+
+def _worker_main(
+    config: Config,
+    slot: int,
+    control: socket.socket,
+    peers: dict[int, socket.socket],
+    build: BuildFn,
+) -> int:
+    """One worker: a whole rat server on SO_REUSEPORT listeners, linked to the others."""
+    from rat.logsink import install  # noqa: PLC0415 (the child's own log sink)
+
+    logger = logging.getLogger("rat")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    sink = install(
+        getattr(logging, config.log_level.upper()),
+        fmt=f"%(asctime)s %(levelname)s worker {slot}: %(message)s",
+        json_lines=config.log_format == "json",
+    )
+    built = build(config, sink, True)
+    if isinstance(built, int):
+        return built
+    server = built[0]
+    if config.redis:
+        from rat.cluster import attach_redis  # noqa: PLC0415
+
+        backplane = attach_redis(server, config)
+    else:
+        backplane = Backplane(server, new_origin(), notices=False)
+        mesh = MeshLink(server.loop, backplane, slot)
+        for peer_slot, sock in peers.items():
+            mesh.add_peer(peer_slot, sock)
+        backplane.link = mesh
+
+    def orphaned() -> None:
+        if not server.stopping:
+            server.begin_stop("the supervisor is gone")
+
+    channel = ControlChannel(
+        server.loop,
+        control,
+        on_peer=lambda peer_slot, sock: (
+            mesh.add_peer(peer_slot, sock) if not config.redis else sock.close()
+        ),
+        on_orphaned=orphaned,
+    )
+
+    def ready() -> None:
+        log.info("serving %s (pid %d)", ", ".join(server.addresses), os.getpid())
+        channel.send(b"ready")
+
+    try:
+        return server.serve_forever(ready=ready)
+    finally:
+        backplane.close()
+
+
+# ---------------------------------------------------------- the supervisor
+
+
+@dataclasses.dataclass
+class _Slot:
+    index: int
+    pid: int = 0
+    control: socket.socket | None = None  # the supervisor's end
+    ready: bool = False
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    done: bool = False  # exited on purpose (status 0, or during the stop): not restarted
+    status: int = 0
+
+
+class Supervisor:
+    """The parent of `--workers N` (see the module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        build: BuildFn,
+        held: list[socket.socket],
+    ) -> None:
+        self.config = config
+        self.build = build
+        self.held = held  # the bound, not listening, sockets that keep the port
+        self.slots = [_Slot(i + 1) for i in range(config.workers)]
+        self.stopping = False
+        self._stop_signals = 0
+        self.signals: list[int] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -------------------------------------------------------------- run
+
+    def run(self, announce_line: Callable[[list[int]], None]) -> int:
+        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        handled = (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGCHLD,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+        )
+        old = {sig: signal.signal(sig, self._record) for sig in handled}
+        announced = False
+        try:
+            self._start_all()
+            while True:
+                self._wait()
+                self._handle_signals()
+                failed = self._reap()
+                if failed and not announced:
+                    self._stop("a worker failed to start")
+                self._read_controls()
+                if not announced and all(s.ready for s in self.slots) and not self.stopping:
+                    announced = True
+                    announce_line([s.pid for s in self.slots])
+                self._restart_due()
+                if all(s.done for s in self.slots):
+                    break
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            for slot in self.slots:
+                if slot.control is not None:
+                    slot.control.close()
+            for sock in self.held:
+                sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
+        clean = announced and all(s.status == 0 for s in self.slots)
+        log.info("all workers have exited%s", "" if clean else " (not all cleanly)")
+        return 0 if clean else 1
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        self.signals.append(signum)
+
+    def _wait(self) -> None:
+        now = time.monotonic()
+        due = [s.restart_at for s in self.slots if s.restart_at is not None]
+        timeout = max(0.0, min(due) - now) if due else None
+        watched = [self._wake_r] + [s.control for s in self.slots if s.control is not None]
+        try:
+            select.select(watched, [], [], timeout)
+        except InterruptedError:
+            pass
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ------------------------------------------------------------ signals
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            name = signal.Signals(signum).name
+            if signum == signal.SIGCHLD:
+                continue  # reaped right after
+            if signum in (signal.SIGUSR1, signal.SIGUSR2):
+                log.info("%s ignored (rat does nothing on it)", name)
+                continue
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: passed on to the workers")
+                self._kill_all(signum)
+                continue
+            self._stop_signals += 1
+            if self._stop_signals == 1:
+                self._stop(name)
+            else:
+                log.warning("second %s: passed on; workers exit now", name)
+                self._kill_all(signum)
+
+    def _stop(self, why: str, signum: int = signal.SIGTERM) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        live = [s for s in self.slots if s.pid]
+        log.info("%s: stopping %d workers (each drains its clients)", why, len(live))
+        for slot in self.slots:
+            slot.restart_at = None
+            if not slot.pid:
+                slot.done = True
+        self._kill_all(signum)
+
+    def _kill_all(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.pid:
+                try:
+                    os.kill(slot.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    # ----------------------------------------------------------- children
+
+    def _start_all(self) -> None:
+        """Fork every worker, with the whole mesh made beforehand."""
+        ends: dict[int, dict[int, socket.socket]] = {s.index: {} for s in self.slots}
+        if not self.config.redis:
+            for a in self.slots:
+                for b in self.slots:
+                    if a.index < b.index:
+                        ends[a.index][b.index], ends[b.index][a.index] = _pair()
+        for slot in self.slots:
+            self._fork(slot, ends[slot.index], others=ends)
+        for peers in ends.values():
+            for sock in peers.values():
+                sock.close()
+
+    def _restart(self, slot: _Slot) -> None:
+        """A new worker in `slot`: new socket pairs; the other ends go to the live workers."""
+        mine: dict[int, socket.socket] = {}
+        if not self.config.redis:
+            for other in self.slots:
+                if other is slot or not other.pid or other.control is None:
+                    continue
+                mine[other.index], theirs = _pair()
+                try:
+                    socket.send_fds(other.control, [b"peer %d" % slot.index], [theirs.fileno()])
+                except OSError:
+                    pass  # it is dying too; its own restart makes its pairs
+                theirs.close()
+        self._fork(slot, mine, others={})
+        for sock in mine.values():
+            sock.close()
+        log.info("worker %d restarted (pid %d)", slot.index, slot.pid)
+
+    def _fork(
+        self,
+        slot: _Slot,
+        peers: dict[int, socket.socket],
+        others: dict[int, dict[int, socket.socket]],
+    ) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        _drain_logs()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 70
+            try:
+                ours.close()
+                self._forget_in_child(slot, peers, others)
+                code = _worker_main(self.config, slot.index, theirs, peers, self.build)
+            except BaseException:  # a bug: say where, then exit (never return into the parent)
+                traceback.print_exc()
+            finally:
+                _drain_logs()
+                os._exit(code)
+        theirs.close()
+        slot.pid = pid
+        slot.control = ours
+        slot.ready = False
+        slot.started = time.monotonic()
+        slot.restart_at = None
+
+    def _forget_in_child(
+        self,
+        slot: _Slot,
+        peers: dict[int, socket.socket],
+        others: dict[int, dict[int, socket.socket]],
+    ) -> None:
+        """In a new worker: drop what belongs to the supervisor and to other workers."""
+        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        self._wake_r.close()
+        self._wake_w.close()
+        for sock in self.held:
+            sock.close()
+        for other in self.slots:
+            if other is not slot and other.control is not None:
+                other.control.close()
+        for index, socks in others.items():
+            if index != slot.index:
+                for sock in socks.values():
+                    if sock not in peers.values():
+                        sock.close()
+
+    def _reap(self) -> bool:
+        """Collect exited workers; schedule restarts.  True if one died before it was ready."""
+        failed_early = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return failed_early
+            if not pid:
+                return failed_early
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            was_ready = slot.ready
+            slot.pid = 0
+            slot.ready = False
+            if slot.control is not None:
+                slot.control.close()
+                slot.control = None
+            code = os.waitstatus_to_exitcode(status)
+            slot.status = code
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            if self.stopping or code == 0:
+                slot.done = True
+                log.info("worker %d (pid %d) exited (%s)", slot.index, pid, how)
+                continue
+            if not was_ready and slot.failures == 0 and not any(s.ready for s in self.slots):
+                log.error("worker %d (pid %d) failed to start (%s)", slot.index, pid, how)
+                slot.done = True
+                failed_early = True
+                continue
+            lived = time.monotonic() - slot.started
+            if lived >= STABLE_AFTER:
+                slot.failures = 0
+            delay = backoff_delay(slot.failures, first=RESTART_FIRST, cap=RESTART_CAP)
+            slot.failures += 1
+            slot.restart_at = time.monotonic() + delay
+            log.warning(
+                "worker %d (pid %d) died (%s) after %.1f s; its clients were disconnected;"
+                " restarting it in %.1f s",
+                slot.index,
+                pid,
+                how,
+                lived,
+                delay,
+            )
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is not None and slot.restart_at <= now and not self.stopping:
+                self._restart(slot)
+
+    def _read_controls(self) -> None:
+        for slot in self.slots:
+            sock = slot.control
+            if sock is None:
+                continue
+            while True:
+                try:
+                    data = sock.recv(64, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    break  # it exited: _reap collects it
+                if data == b"ready" and not slot.ready:
+                    slot.ready = True
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return a, b
+
+
+def _drain_logs() -> None:
+    """Write out what the log sink holds, so a fork does not write it twice."""
+    for handler in logging.getLogger("rat").handlers:
+        drain = getattr(handler, "drain", None)
+        if drain is not None:
+            drain(0.5)
+
+
+def supervise(config: Config, build: BuildFn, details: DetailsFn) -> int:
+    """`rat serve --workers N`: hold the ports, run N workers, print `listening on` once."""
+    from rat.logsink import announce  # noqa: PLC0415
+    from rat.net import format_addr, open_listeners, raise_nofile_limit  # noqa: PLC0415
+
+    try:
+        poller = make_poller(config.backend)
+    except ValueError as err:
+        print(f"rat: {err}", file=sys.stderr)
+        return 2
+    poller.close()  # only its name is needed here; each worker makes its own
+    # Hold each port (bound, not listening): errors are reported here, once,
+    # and --port 0 / --web 0 pick one port that every worker then binds.
+    wanted = [("", config.host, config.port)]
+    if config.web is not None:
+        wanted.append(("web ", config.web[0] or config.host, config.web[1]))
+    held: list[socket.socket] = []
+    names: list[str] = []
+    ports: list[int] = []
+    for kind, host, port in wanted:
+        try:
+            socks = open_listeners(host, port, reuse_port=True, listen=False)
+            failure = "" if socks else "no IPv4 or IPv6 address"
+        except OSError as err:
+            socks, failure = [], err.strerror or str(err)
+        if failure:
+            where = format_addr((host, port))
+            print(f"rat: cannot listen on {kind}{where}: {failure}", file=sys.stderr)
+            for sock in held:
+                sock.close()
+            return 1
+        held += socks
+        names += [kind + format_addr(sock.getsockname()) for sock in socks]
+        ports.append(socks[0].getsockname()[1])
+    if config.redis:
+        from rat.cluster.redis import parse_url, resolve  # noqa: PLC0415
+
+        try:
+            resolve(parse_url(config.redis))
+        except OSError as err:
+            print(f"rat: cannot resolve the Redis host of {config.redis}: {err}", file=sys.stderr)
+            for sock in held:
+                sock.close()
+            return 1
+    nofile = raise_nofile_limit()
+    web = (config.web[0], ports[1]) if config.web is not None else None
+    worker_config = dataclasses.replace(config, port=ports[0], web=web)
+    link = (
+        f"each a node on {config.redis} channel {config.redis_channel}"
+        if config.redis
+        else "linked by socket pairs"
+    )
+
+    def announce_line(pids: list[int]) -> None:
+        workers = f"{len(pids)} workers (pids {', '.join(map(str, pids))}, {link})"
+        extra = details(config, poller, nofile)
+        announce(
+            f"listening on {', '.join(names)} (pid {os.getpid()}, {workers}, {', '.join(extra)})"
+        )
+
+    return Supervisor(worker_config, build, held).run(announce_line)
