@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import selectors
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -173,3 +175,87 @@ def faulty_relays() -> Iterator[Callable[..., FaultyRelay]]:
     yield start
     for relay in relays:
         relay.stop()
+
+
+class ClusterRelay:
+    """Two (or more) relay "nodes" of one broadcast, in one thread, like a Redis backplane.
+
+    A line from a client of node A reaches the other clients of A at once and
+    the clients of every other node `delay` seconds later, in a batch, so two
+    senders on different nodes arrive in different orders on different nodes
+    (the SPEC allows that); each sender's order is kept everywhere.  With
+    `per_receiver=True` every receiver gets the remote batches at times of
+    its own, so not even the receivers of one node share an order.
+    """
+
+    def __init__(self, nodes: int = 2, delay: float = 0.004, per_receiver: bool = False) -> None:
+        self.delay = delay
+        self.per_receiver = per_receiver
+        self.listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(nodes)]
+        self.ports = [lst.getsockname()[1] for lst in self.listeners]
+        self.sel = selectors.DefaultSelector()
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        for node, listener in enumerate(self.listeners):
+            self.sel.register(listener, selectors.EVENT_READ, node)
+        # sock -> [node, partial line, remote lines waiting, when they are due]
+        clients: dict[socket.socket, list[Any]] = {}
+        clock = time.monotonic
+        while not self.stop_flag.is_set():
+            for key, _ in self.sel.select(0.001):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock in self.listeners:
+                    conn, _ = sock.accept()
+                    clients[conn] = [key.data, b"", [], 0.0]
+                    self.sel.register(conn, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.sel.unregister(sock)
+                    del clients[sock]
+                    sock.close()
+                    continue
+                state = clients[sock]
+                *lines, state[1] = (state[1] + data).split(b"\n")
+                if not lines:
+                    continue
+                block = b"".join(line + b"\n" for line in lines)
+                now = clock()  # one due time for a node's receivers: they keep one order
+                for other, ostate in list(clients.items()):
+                    if other is sock:
+                        continue
+                    if ostate[0] == state[0]:
+                        self._send(other, block)
+                    else:
+                        if not ostate[2]:
+                            jitter = random.random() if self.per_receiver else 0.5
+                            ostate[3] = now + self.delay * (0.5 + jitter)
+                        ostate[2].append(block)
+            now = clock()
+            for other, ostate in list(clients.items()):
+                if ostate[2] and now >= ostate[3]:
+                    self._send(other, b"".join(ostate[2]))
+                    ostate[2] = []
+        for sock in clients:
+            sock.close()
+        for listener in self.listeners:
+            listener.close()
+        self.sel.close()
+
+    @staticmethod
+    def _send(sock: socket.socket, data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(10)

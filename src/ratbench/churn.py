@@ -138,6 +138,8 @@ class ChurnConfig(Target):
 
 
 def churn_config(args: argparse.Namespace, progress: bool) -> ChurnConfig:
+    if len(args.port) > 1:
+        raise argparse.ArgumentTypeError("connect churns one server: give one --port")
     return ChurnConfig(
         **Target.options(args, progress),
         in_flight=args.in_flight,
