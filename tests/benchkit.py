@@ -42,9 +42,14 @@ def run_ratbench(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess
     )
 
 
-def bench(port: int, *argv: str, pid: int | None = None, timeout: float = 60) -> dict[str, Any]:
-    """Run `python -m ratbench ... --json`; return the summary (and check the exit code)."""
-    cmd = [*argv, "--port", str(port), "--json"]
+def bench(
+    port: int | None, *argv: str, pid: int | None = None, timeout: float = 60
+) -> dict[str, Any]:
+    """Run `python -m ratbench ... --json`; return the summary (and check the exit code).
+
+    `port` None: `argv` says where the server is.
+    """
+    cmd = [*argv, *([] if port is None else ["--port", str(port)]), "--json"]
     if pid is not None:
         cmd += ["--server-pid", str(pid)]
     proc = run_ratbench(*cmd, timeout=timeout)

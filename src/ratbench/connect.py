@@ -103,6 +103,7 @@ class Connector:
         self.total = 0
         self.upgrading: dict[int, tuple[bytes, bytearray]] = {}  # WebSocket: fd -> key, reply
         self.chatting: dict[int, ChatSetup] = {}  # chat mode: fd -> its way in
+        self.heard: set[int] = set()  # fds that received something
 
     def wanted(self) -> list[tuple[ClientPlan, str, Wire]]:
         """Every connection to open: (client, role, wire), the reference subscribers first.
@@ -336,7 +337,8 @@ class Connector:
                         f"{self._which(fd)} failed before {what}:"
                         f" {err.strerror or err} (the server reset it)"
                     ) from None
-                fresh = rx is None or (rx.phase < RUNNING and not rx.slow_buf)
+                fresh = fd not in self.heard  # a refusal comes first
+                self.heard.add(fd)
                 if not data or fresh:
                     refused = refusal(data, self._which(fd))
                     if refused is not None:

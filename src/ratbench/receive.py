@@ -144,7 +144,7 @@ class Receiver:
         self.last_t = 0
         self.room = 0  # chat mode, --rooms: its room
         self.node = 0  # several servers: the one it is connected to
-        self.notices = 0  # chat mode: server notices skipped
+        self.notices = 0  # chat notices (and WebSocket control frames) skipped
 
 
 class Reference:
@@ -529,10 +529,14 @@ class Checker:
     def finish(self, published: dict[int, int]) -> None:
         """Settle every receiver and fill in the result."""
         for rx in self.receivers:
-            if rx.fast and rx is not self.ref_rx:
+            if not rx.fast:
+                continue
+            if rx is not self.ref_rx:
                 self._advance(rx)
-                if (len(rx.pending) - rx.pos) >= self.frame:
-                    self._to_slow(rx)
+            while (cut := self.wire.skippable(rx.pending, rx.pos)) > 0:
+                self._cut(rx, rx.pos, cut)  # notices shorter than a frame, at the end
+            if rx is not self.ref_rx and (len(rx.pending) - rx.pos) >= self.frame:
+                self._to_slow(rx)
         res = self.result
         heard = self.heard(published)
         node = self.node
@@ -554,7 +558,7 @@ class Checker:
                 res.echoed += rx.echoed
             res.delivered += got
             res.lost += lost
-            res.notices += rx.notices
+            res.notices += rx.notices + (rx.reader.skipped if rx.reader is not None else 0)
             res.node_delivered[node] = res.node_delivered.get(node, 0) + got
             res.node_lost[node] = res.node_lost.get(node, 0) + lost
             if rx.hist is not None:

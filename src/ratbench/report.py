@@ -46,7 +46,7 @@ def format_table(s: dict[str, Any]) -> str:
             " (every line goes to every other client; not checked)"
         )
     if s.get("notices"):
-        delivered += f"; {s['notices']:,} server notices ('* ...') skipped"
+        delivered += f"; {s['notices']:,} frames without a line skipped (notices '* ...', pings)"
     if p.get("rooms", 1) > 1:
         what += f", {p['rooms']} rooms"
     servers = s.get("servers", [])

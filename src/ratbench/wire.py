@@ -148,6 +148,7 @@ class LineReader:
 
     def __init__(self) -> None:
         self.buf = bytearray()
+        self.skipped = 0  # frames that carry no line (WebSocket pings), dropped
 
     def feed(self, data: bytes) -> list[bytes | None]:
         buf = self.buf

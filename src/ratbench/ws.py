@@ -109,7 +109,7 @@ class WsReader(LineReader):
     """
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        super().__init__()
         self.message = bytearray()
 
     def feed(self, data: bytes) -> list[bytes | None]:
@@ -141,6 +141,7 @@ class WsReader(LineReader):
             if b1 & 0x80 or opcode == OP_CLOSE:
                 out.append(None)
             elif opcode in (OP_PING, OP_PONG):
+                self.skipped += 1
                 continue
             else:
                 self.message += payload
