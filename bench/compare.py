@@ -798,12 +798,11 @@ def expand(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def applies(sc: Scenario, spec: ServerSpec) -> bool:
-    """Whether `sc` runs against `spec`: its server list; connect: plain TCP, one node."""
+    """Whether `sc` runs against `spec`: its server list; connect: one node, not chat mode."""
     if sc.servers and spec.name not in sc.servers:
         return False
     if sc.kind == "connect":
-        plain = spec.proto in ("line", "redis") and not spec.tls and not spec.bench_args
-        return plain and spec.nodes == 1
+        return spec.nodes == 1 and not spec.bench_args
     return True
 
 
@@ -1301,7 +1300,7 @@ def write_report(
         " another. In the commands, SERVER is `--port PORT --server-pid PID`, plus what each"
         " server needs: "
         + needs_note(servers)
-        + " (the connect scenario runs against the plain TCP servers only).",
+        + " (the connect scenario churns every transport: TCP, TLS, WebSocket; not chat mode).",
         "",
         "Servers: " + "; ".join(f"**{sp.name}**: {sp.label}" for sp in servers) + ".",
     ]

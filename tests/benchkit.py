@@ -79,7 +79,11 @@ IDS = ["chat", "fanout", "fanout-3-publishers-2-workers", "idle"]
 
 
 class PeerProcess:
-    """A peer server (`bench/peers/...`) as a child process."""
+    """A peer server (`bench/peers/...`) as a child process.
+
+    Its stderr is read to the end by a thread (the last lines are kept in
+    `log`): a peer that logs a lot must never block on a full pipe.
+    """
 
     def __init__(self, cmd: list[str]) -> None:
         self.proc = subprocess.Popen(
@@ -91,9 +95,19 @@ class PeerProcess:
             self.stop()
             raise RuntimeError(f"peer did not start: {line!r}")
         self.port = int(line.split(",")[0].rsplit(":", 1)[1])  # the first address named
+        self.log: list[bytes] = []
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log = [*self.log[-50:], line]
 
     def stop(self) -> None:
         terminate(self.proc)
+        if hasattr(self, "reader"):
+            self.reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 

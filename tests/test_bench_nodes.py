@@ -78,7 +78,7 @@ def test_node_table_and_several_pids(cluster: ClusterRelay) -> None:
         (["chat", "--connect", "nohost"], "expected HOST:PORT"),
         (["chat", "--port", "1,,2"], "expected PORT or PORT,PORT"),
         (["chat", "--server-pid", "1,x"], "--server-pid: not a whole number"),
-        (["connect", "--port", "1,2"], "connect churns one server"),
+        (["connect", "--port", "1,2"], "--port: not a whole number: '1,2'"),
         (["chat", "--port", "1,2", "--ws-fraction", "0.5", "--ws-port", "3"], "one server"),
     ],
 )

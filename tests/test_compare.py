@@ -132,9 +132,10 @@ def test_which_scenario_runs_against_which_server() -> None:
     assert compare.applies(scens["rooms-chat"], specs["rat-chat"])
     assert not compare.applies(scens["rooms-chat"], specs["rat"])
     assert compare.applies(scens["rooms-raw"], specs["rat"])
-    for name in ("rat-chat", "rat-web", "rat-tls", "rat-redis2", "ws-node", "tls-uvloop"):
+    for name in ("rat-chat", "rat-redis2"):
         assert not compare.applies(scens["connect"], specs[name]), name
-    assert compare.applies(scens["connect"], specs["rat"])
+    for name in ("rat", "rat-web", "rat-tls", "ws-node", "tls-uvloop", "redis"):
+        assert compare.applies(scens["connect"], specs[name]), name  # accepts per transport
     assert specs["rat-web"].generator_args == ["--proto", "ws"]
     assert specs["rat-chat"].generator_args == ["--chat"]
     assert specs["rat-tls"].generator_args == ["--tls"]

@@ -129,22 +129,33 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) -> None:
+def _server_options(
+    parser: argparse.ArgumentParser, protos: tuple[str, ...], several: bool = True
+) -> None:
+    """--host, --port, --proto...; `several`: also servers of one cluster, mixed transports."""
     where = parser.add_argument_group("server")
     where.add_argument(
         "--host",
         default="127.0.0.1",
         help="server address: IPv4, IPv6 (::1) or a host name (the first address that answers)",
     )
-    where.add_argument(
-        "--port",
-        type=_ports,
-        default=[8080],
-        metavar="PORT[,PORT...]",
-        help="server TCP port; several (on --host): the nodes of one cluster, clients spread"
-        " round-robin over them (default: 8080)",
-    )
-    if "redis" in protos and "ws" in protos:  # not `connect`: that one churns one server
+    if several:
+        where.add_argument(
+            "--port",
+            type=_ports,
+            default=[8080],
+            metavar="PORT[,PORT...]",
+            help="server TCP port; several (on --host): the nodes of one cluster, clients"
+            " spread round-robin over them (default: 8080)",
+        )
+    else:
+        where.add_argument(
+            "--port",
+            type=lambda text: [_port(text)],
+            default=[8080],
+            help="server TCP port (default: 8080)",
+        )
+    if several:
         where.add_argument(
             "--connect",
             type=_host_port,
@@ -161,7 +172,7 @@ def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) ->
         help="line: the rat protocol; redis: Redis pub/sub on channel 'rat'"
         + ("; ws: WebSocket text messages on path /ws, one line each" if "ws" in protos else ""),
     )
-    if "ws" in protos:
+    if "ws" in protos and several:
         where.add_argument(
             "--ws-fraction",
             type=_fraction,
@@ -437,7 +448,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         CONNECT_NOTES,
     )
     add_connect_arguments(connect)
-    _server_options(connect, ("line", "redis"))
+    _server_options(connect, ("line", "redis", "ws"), several=False)
     _run_options(connect, grace=False)
     _output_options(connect)
 
