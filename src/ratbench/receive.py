@@ -188,6 +188,8 @@ class Checker:
         self.sync_frame = sync_frame  # the sync line as a receiver gets it
         self.hears = hears or (lambda pubid: True)
         self.node = node  # the server these receivers are connected to
+        self._published: dict[int, int] | None = None  # `heard`'s memo
+        self._heard: dict[int, int] = {}
         self.frame = wire.frame_size
         self.line_size = wire.line_size
         self.result = result
@@ -510,8 +512,15 @@ class Checker:
     # -- the end -------------------------------------------------------------------
 
     def heard(self, published: dict[int, int]) -> dict[int, int]:
-        """What was published that these receivers should get (their room's publishers)."""
-        return {p: n for p, n in published.items() if self.hears(p)}
+        """What was published that these receivers should get (their room's publishers).
+
+        Worked out once per `published` (the drain asks every few ms, for
+        every receiver; a run may have thousands of publishers).
+        """
+        if published is not self._published:
+            self._published = published
+            self._heard = {p: n for p, n in published.items() if self.hears(p)}
+        return self._heard
 
     def expected_lines(self, rx: Receiver, published: dict[int, int]) -> int:
         """Lines `rx` should get: everything its room published, less its own (unless echoed)."""
