@@ -115,6 +115,21 @@ class PeerProcess:
 Fault = Callable[[int, int, bytes], list[bytes]]
 
 
+def read_or_drop(
+    sel: selectors.BaseSelector, clients: dict[socket.socket, Any], sock: socket.socket
+) -> bytes:
+    """What a relay's client sent; b"" once it is gone (then it is dropped and closed)."""
+    try:
+        data = sock.recv(65536)
+    except OSError:
+        data = b""
+    if not data:
+        sel.unregister(sock)
+        del clients[sock]
+        sock.close()
+    return data
+
+
 class FaultyRelay:
     """A small relay (thread) that passes each line through `fault(receiver, n, line)`.
 
@@ -150,14 +165,8 @@ class FaultyRelay:
                     accepted += 1
                     self.sel.register(conn, selectors.EVENT_READ)
                     continue
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
+                data = read_or_drop(self.sel, clients, sock)
                 if not data:
-                    self.sel.unregister(sock)
-                    del clients[sock]
-                    sock.close()
                     continue
                 state = clients[sock]
                 buf = state[2] + data
@@ -232,14 +241,8 @@ class ClusterRelay:
                     clients[conn] = [key.data, b"", [], 0.0]
                     self.sel.register(conn, selectors.EVENT_READ)
                     continue
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
+                data = read_or_drop(self.sel, clients, sock)
                 if not data:
-                    self.sel.unregister(sock)
-                    del clients[sock]
-                    sock.close()
                     continue
                 state = clients[sock]
                 *lines, state[1] = (state[1] + data).split(b"\n")
