@@ -1337,7 +1337,12 @@ def write_report(
     lines += ["", "## Results", ""]
     for sc in scens:
         rows = s.get(sc.name, {})
-        here = [sp.name for sp in servers if applies(sc, sp)]
+        scope = meta.get("scope") or {}
+        here = [
+            sp.name
+            for sp in servers
+            if applies(sc, sp) and (not scope or sp.name in scope.get(sc.name, []))
+        ]
         lines += [f"### {sc.title}", ""]
         if sc.kind == "sweep":
             lines += sweep_tables(sc, rows, here)
@@ -1682,6 +1687,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.reps, args.duration = 1, 1.0
     usual = [*ALL_SERVERS, *(name for name, _ in variants)]
+    scope: dict[str, list[str]] = {}  # scenario -> its servers (groups only)
     known = [*usual, *RAT_FEATURES]
     all_scens = scenarios(args.quick, args.duration)
     wanted_scens, groups = expand(args.scenarios.split(","))
@@ -1689,6 +1695,11 @@ def main(argv: list[str]) -> int:
         wanted = args.servers.split(",")
     elif groups and len(groups) == len(args.scenarios.split(",")):  # only groups named
         wanted = [n for n in known if any(n in GROUPS[g].servers for g in groups)]
+        # each scenario against the servers of the groups it is in, not every group's
+        scope = {
+            sc: sorted({n for g in groups if sc in GROUPS[g].scenarios for n in GROUPS[g].servers})
+            for sc in wanted_scens
+        }
     else:
         wanted = usual
     unknown = [n for n in wanted if n not in known] + [
@@ -1739,7 +1750,7 @@ def main(argv: list[str]) -> int:
         for sc in scens:
             order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
             for spec in order:
-                if not applies(sc, spec):
+                if not applies(sc, spec) or (scope and spec.name not in scope[sc.name]):
                     continue
                 result, note = measure(args.python, spec, sc, server_cpu, gen_cpu)
                 raw[sc.name].setdefault(spec.name, []).append(result)
@@ -1758,6 +1769,7 @@ def main(argv: list[str]) -> int:
         "servers": [sp.name for sp in servers],
         "scenarios": [sc.name for sc in scens],
         "groups": groups,
+        "scope": scope,
         "duration": args.duration,
         "quick": args.quick,
         "rat": version_before

@@ -234,3 +234,4 @@ def test_quick_group_run(tmp_path: Path) -> None:
     raw = json.loads((run_dir / "raw.json").read_text())
     assert set(raw["meta"]["servers"]) <= {"rat", "rat-chat", "rat-admin"}
     assert raw["raw"]["rooms-chat"]["rat-chat"][0]["runs"][0]["proto"] == "line+chat"
+    assert "rat-chat" not in raw["raw"]["chat-100"]  # a scenario runs for its own groups' servers
