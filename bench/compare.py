@@ -642,6 +642,7 @@ class Group:
     title: str
     scenarios: tuple[str, ...]
     servers: tuple[str, ...]
+    note: str = ""  # how to read its targets
 
 
 GROUPS = {
@@ -665,6 +666,14 @@ GROUPS = {
         " receivers per line, the same total rate), and idle chat clients",
         ("rooms-raw", "rooms-chat", "idle-chat"),
         ("rat", "rat-chat"),
+        "Why the same total rate: then the server takes in the same lines per second and"
+        " sends each to the same number of receivers, and only what chat mode does per line"
+        " differs. At a rate where each line has a turn of its own (below saturation, the"
+        " server with its CPU to itself) both send one write per receiver per line. Where"
+        " lines pile up into shared turns, raw mode sends a receiver several lines in one"
+        " write while rooms cannot (a turn's lines are for different rooms): that part of the"
+        " gap is the rooms, not chat mode. The per-room rate (raw at 1/100 of it) would"
+        " compare a server 100 times less busy.",
     ),
     "backplane": Group(
         "the Redis backplane: two rat nodes on one redis-server against one rat; Redis alone",
@@ -1330,6 +1339,8 @@ def write_report(
             lines.append(f"| {name} | {measured} | {mark} |")
     for group in meta.get("groups", []):
         lines += ["", f"## {group}: {GROUPS[group].title}", ""]
+        if GROUPS[group].note:
+            lines += [GROUPS[group].note, ""]
         lines += ["| target | measured | met |", "|---|---|---|"]
         for name, measured, met in group_targets(group, s, raw):
             mark = "-" if met is None else ("**yes**" if met else "**NO**")
