@@ -34,6 +34,7 @@ between the `notes` markers) and docs/benchmarks.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
@@ -48,11 +49,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"
@@ -62,11 +65,18 @@ NOTES_BEGIN = "<!-- notes:begin (kept by bench/compare.py) -->"
 NOTES_RE = re.compile(r"<!-- notes:begin[^>]*-->(.*?)<!-- notes:end -->", re.S)
 NOTES_END = "<!-- notes:end -->"
 LISTENING = re.compile(r"listening on \S+?:(\d+)")
+# the other listeners rat names on the same line: "..., web 127.0.0.1:8081, admin ..."
+LISTENER = re.compile(r"\b(web|admin) \S+?:(\d+)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 ALL_SERVERS = (
     "rat", "asyncio", "uvloop", "node", "redis", "selectors",
     "ws-websockets", "ws-websockets-uvloop", "ws-node", "tls-uvloop",
 )  # fmt: skip
 DEFAULT_VARIANTS = ("rat-coalesce=--coalesce-ms 1",)
+# rat variants that need more than flags (a port from the log, a certificate, a
+# cluster): only run when named (--servers, or a scenario group)
+RAT_FEATURES = ("rat-chat", "rat-web", "rat-tls", "rat-admin", "rat-redis2")
+RAT_ENV = {"PYTHONPATH": str(ROOT / "src")}
 SWEEP_RATES = (500, 1000, 2000, 10000, 50000, 100000)
 TICK_RATES = (2000, 50000)
 PEER_ORDER = ("uvloop", "asyncio", "node", "redis", "selectors")
@@ -86,6 +96,16 @@ class ServerSpec:
     missing: str | None = None  # why it cannot run here
     flags: list[str] = field(default_factory=list)  # rat variants: the extra flags
     tls: bool = False  # the generator connects with --tls
+    bench_args: list[str] = field(default_factory=list)  # more for the generator (--chat)
+    port_from: str = ""  # "web": the generator goes to rat's web port (from its log line)
+    nodes: int = 1  # a cluster: this many rat nodes on one redis-server (--redis)
+    scrape: bool = False  # GET /metrics on rat's admin port every second during each run
+
+    @property
+    def generator_args(self) -> list[str]:
+        """What `rat bench` needs besides the port to talk to this server."""
+        proto = [] if self.proto == "line" else ["--proto", self.proto]
+        return [*proto, *(["--tls"] if self.tls else []), *self.bench_args]
 
 
 def node_ws_missing(node: str | None) -> str | None:
@@ -111,14 +131,16 @@ def node_ws_missing(node: str | None) -> str | None:
 
 
 _TLS_FILES: list[str] = []
+# One throwaway certificate for every TLS server (rat and the peer): the same key type,
+# so the same handshake cost.
 CERT_ARGS = [
-    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-    "-addext", "subjectAltName=IP:127.0.0.1",
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    "-days", "1", "-subj", "/CN=localhost",
 ]  # fmt: skip
 
 
 def tls_files() -> list[str] | str:
-    """A throwaway self-signed certificate and key for the TLS peer (or why there is none)."""
+    """A throwaway self-signed certificate and key in a temp dir (or why there is none)."""
     if _TLS_FILES:
         return _TLS_FILES
     openssl = shutil.which("openssl")
@@ -156,6 +178,42 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, shlex.split(flags)
 
 
+def rat_serve_flags(python: str) -> set[str] | str:
+    """The options `rat serve --help` lists (or why it could not be asked)."""
+    try:
+        done = subprocess.run(
+            [python, "-m", "rat", "serve", "--help"],
+            env={**os.environ, **RAT_ENV},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"rat serve --help failed: {err}"
+    if done.returncode != 0:
+        return f"rat serve --help failed: {done.stderr.strip()[-200:]}"
+    return set(FLAG.findall(done.stdout))
+
+
+def lacks(flags: list[str], known: set[str] | str) -> str | None:
+    """Why rat cannot run with `flags`: a flag its `serve --help` does not list."""
+    if isinstance(known, str):
+        return known
+    unknown = [f for f in flags if f.startswith("--") and f not in known]
+    if unknown:
+        return f"this rat does not know {' '.join(unknown)} (not in rat serve --help)"
+    return None
+
+
+def redis_command(exe: str, port: int) -> list[str]:
+    """redis-server on loopback, no persistence, room for the idle scenario."""
+    return [
+        exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--maxclients", "15000", "--protected-mode", "no",
+    ]  # fmt: skip
+
+
 def server_specs(
     python: str,
     variants: list[tuple[str, list[str]]],
@@ -170,6 +228,15 @@ def server_specs(
 
     def costly(name: str) -> bool:
         return check and (wanted is None or name in wanted)
+
+    known: set[str] | str = set()
+    if check and any(
+        n == "rat" or n.startswith("rat-") for n in (wanted or {"rat", *RAT_FEATURES})
+    ):
+        known = rat_serve_flags(python)
+
+    def rat_missing(name: str, flags: list[str]) -> str | None:
+        return lacks(flags, known) if costly(name) else None
 
     def has_module(name: str) -> bool:
         if not check:
@@ -187,24 +254,53 @@ def server_specs(
             python, "-m", "rat", "serve", "--host", "127.0.0.1", "--port", str(port), *flags
         ]  # fmt: skip
 
+    tls = tls_files() if costly("tls-uvloop") or costly("rat-tls") else ["cert.pem", "key.pem"]
+    no_tls = tls if isinstance(tls, str) else None
+    tls_flags = ["--tls-cert", tls[0], "--tls-key", tls[1]] if not no_tls else ["--tls-cert"]
+
+    def variant(name: str, flags: list[str], label: str = "", **more: Any) -> ServerSpec:
+        """rat serve with `flags`; skipped when this rat does not list one of them."""
+        return ServerSpec(
+            name,
+            more.pop("proto", "line"),
+            label or f"rat serve {shlex.join(flags)}",
+            rat(flags),
+            env=RAT_ENV,
+            flags=flags,
+            missing=more.pop("missing", None) or rat_missing(name, flags),
+            **more,
+        )
+
     specs = [
-        ServerSpec(
-            "rat",
-            "line",
-            "rat (epoll, edge-triggered; default flags)",
-            rat([]),
-            env={"PYTHONPATH": str(ROOT / "src")},
+        ServerSpec("rat", "line", "rat (epoll, edge-triggered; default flags)", rat([]), RAT_ENV),
+        *(variant(name, flags) for name, flags in variants),
+        variant("rat-chat", ["--chat"], bench_args=["--chat"]),
+        variant(
+            "rat-web",
+            ["--web", "0"],
+            "rat serve --web 0: WebSocket clients on rat's web port",
+            proto="ws",
+            port_from="web",
         ),
-        *(
-            ServerSpec(
-                name,
-                "line",
-                f"rat serve {shlex.join(flags)}",
-                rat(flags),
-                env={"PYTHONPATH": str(ROOT / "src")},
-                flags=flags,
-            )
-            for name, flags in variants
+        variant(
+            "rat-tls",
+            tls_flags,
+            "rat serve --tls-cert/--tls-key (a throwaway P-256 certificate)",
+            tls=True,
+            missing=no_tls,
+        ),
+        variant(
+            "rat-admin",
+            ["--admin", "0"],
+            "rat serve --admin 0, its /metrics scraped every second during each run",
+            scrape=True,
+        ),
+        variant(
+            "rat-redis2",
+            ["--redis"],
+            "two rat nodes on one redis-server (--redis), clients split between them",
+            nodes=2,
+            missing=None if redis else "no redis-server (apt-get install redis-server)",
         ),
         ServerSpec(
             "asyncio",
@@ -236,21 +332,7 @@ def server_specs(
             "redis",
             "redis",
             "Redis pub/sub",
-            lambda port: [
-                redis or "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxclients",
-                "15000",
-                "--protected-mode",
-                "no",
-            ],
+            lambda port: redis_command(redis or "redis-server", port),
             fixed_port=True,
             missing=None if redis else "no redis-server (apt-get install redis-server)",
         ),
@@ -287,10 +369,9 @@ def server_specs(
             missing=node_ws_missing(node) if costly("ws-node") else None,
         ),
     ]
-    tls = tls_files() if costly("tls-uvloop") else ["cert.pem", "key.pem"]
     tls_peer = [python, str(PEERS / "asyncio_server.py"), "--uvloop"]
-    if not isinstance(tls, str):
-        tls_peer += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    if not no_tls:
+        tls_peer += tls_flags
     specs.append(
         ServerSpec(
             "tls-uvloop",
@@ -314,30 +395,65 @@ def pin(cpu: int | None) -> Callable[[], None] | None:
 
 
 class RunningServer:
-    """One server process, pinned, stopped by PID."""
+    """One server, pinned (a cluster: redis-server and its rat nodes), stopped by PID.
+
+    `port` is where the generator connects (`ports`: every node), `pids`
+    what it measures (a cluster's processes add up), `admin_port` where
+    /metrics is (rat --admin).
+    """
 
     def __init__(self, spec: ServerSpec, cpu: int | None) -> None:
         self.spec = spec
-        port = free_port() if spec.fixed_port else 0
-        env = dict(os.environ)
-        for key, value in spec.env.items():
-            env[key] = value + (os.pathsep + env[key] if key in env and key == "PYTHONPATH" else "")
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
-        self.proc = subprocess.Popen(
-            spec.command(port),
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            env=env,
-            preexec_fn=pin(cpu),  # noqa: PLW1509 (this script starts no threads)
-        )
-        self.port = self._wait_ready(port)
+        self.children: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self.ports: list[int] = []
+        self.listeners: dict[str, int] = {}  # "web", "admin" -> port (from rat's log line)
+        try:
+            if spec.nodes > 1:
+                redis_port = free_port()
+                self._start(redis_command(shutil.which("redis-server") or "", redis_port),
+                            cpu, redis_port)  # fmt: skip
+                url = ["--redis", f"redis://127.0.0.1:{redis_port}"]
+                for _ in range(spec.nodes):
+                    self.ports.append(self._start([*spec.command(0), *url], cpu))
+            else:
+                port = free_port() if spec.fixed_port else 0
+                self.ports.append(self._start(spec.command(port), cpu, port))
+            if spec.port_from:
+                if spec.port_from not in self.listeners:
+                    raise RuntimeError(
+                        f"{spec.name}: rat's listening line names no {spec.port_from} port:"
+                        f" {self.output()[-300:]}"
+                    )
+                self.ports = [self.listeners[spec.port_from]]
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.ports[0]
+        self.admin_port = self.listeners.get("admin")
 
-    def _wait_ready(self, port: int) -> int:
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self.children]
+
+    def _start(self, argv: list[str], cpu: int | None, port: int = 0) -> int:
+        """Start one process; its port once it listens (`port` 0: from its log line)."""
+        env = dict(os.environ)
+        for key, value in self.spec.env.items():
+            env[key] = value + (os.pathsep + env[key] if key in env and key == "PYTHONPATH" else "")
+        log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            preexec_fn=pin(cpu),  # noqa: PLW1509 (no threads run while servers start)
+        )
+        self.children.append((proc, log))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.spec.name} exited: {self.output()[-500:]}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited: {read_log(log)[-500:]}")
             if port:
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -345,26 +461,35 @@ class RunningServer:
                 except OSError:
                     pass
             else:
-                m = LISTENING.search(self.output())
+                text = read_log(log)
+                m = LISTENING.search(text)
                 if m:
+                    for kind, number in LISTENER.findall(text):
+                        self.listeners.setdefault(kind, int(number))
                     return int(m.group(1))
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.spec.name} did not start: {self.output()[-500:]}")
+        raise RuntimeError(f"{self.spec.name} did not start: {read_log(log)[-500:]}")
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        return "".join(read_log(log) for _, log in self.children)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+        for proc, _ in reversed(self.children):  # the nodes before their redis-server
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        for _, log in self.children:
+            log.close()
+        self.children = []
+
+
+def read_log(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 def rat_sources() -> str:
@@ -507,6 +632,58 @@ class Scenario:
     title: str
     args: list[str]
     kind: str  # sweep | fanout | idle | connect
+    servers: tuple[str, ...] = ()  # only these (empty: every server it applies to)
+
+
+@dataclass
+class Group:
+    """The scenarios and servers that measure one set of targets (`--scenarios NAME`)."""
+
+    title: str
+    scenarios: tuple[str, ...]
+    servers: tuple[str, ...]
+    note: str = ""  # how to read its targets
+
+
+GROUPS = {
+    "ws": Group(
+        "WebSocket: rat's web port against its own TCP figures and the WebSocket peers",
+        ("chat-100", "fanout-1000", "idle-10k"),
+        ("rat", "rat-web", "ws-websockets", "ws-websockets-uvloop", "ws-node"),
+    ),
+    "tls": Group(
+        "TLS: rat with a certificate against plain rat and the uvloop TLS peer",
+        ("chat-100", "fanout-100"),
+        ("rat", "rat-tls", "tls-uvloop"),
+    ),
+    "admin": Group(
+        "the admin endpoint: rat --admin, scraped every second, against plain rat",
+        ("chat-100",),
+        ("rat", "rat-admin"),
+    ),
+    "rooms": Group(
+        "chat rooms: 100 rooms of 10 in chat mode against raw rat with 10 clients (the same"
+        " receivers per line, the same total rate), and idle chat clients",
+        ("rooms-raw", "rooms-chat", "idle-chat"),
+        ("rat", "rat-chat"),
+        "Why the same total rate: then the server takes in the same lines per second and"
+        " sends each to the same number of receivers, and only what chat mode does per line"
+        " differs. At a rate where each line has a turn of its own (below saturation, the"
+        " server with its CPU to itself) both send one write per receiver per line. Where"
+        " lines pile up into shared turns, raw mode sends a receiver several lines in one"
+        " write while rooms cannot (a turn's lines are for different rooms): that part of the"
+        " gap is the rooms, not chat mode. The per-room rate (raw at 1/100 of it) would"
+        " compare a server 100 times less busy.",
+    ),
+    "backplane": Group(
+        "the Redis backplane: two rat nodes on one redis-server against one rat; Redis alone",
+        ("backplane-chat", "redis-publish"),
+        ("rat", "rat-redis2", "redis"),
+    ),
+}
+CHAT_100_RATES = (2000, 50000)
+ROOM_RATES = (2000, 20000, 50000)
+BACKPLANE_RATES = (2000, 10000)
 
 
 def scenarios(quick: bool, duration: float) -> list[Scenario]:
@@ -516,6 +693,11 @@ def scenarios(quick: bool, duration: float) -> list[Scenario]:
     idle_n = "2000" if quick else "10000"
     chat = ["chat", "--clients", "100", "--duration", d, "--grace", "2"]
     fanout = ["fanout", "--publishers", "1", "--window", "1024", "--duration", d]
+
+    def rates(values: tuple[int, ...]) -> list[str]:
+        return ["--rates", ",".join(map(str, values[:1] if quick else values))]
+
+    rooms = 20 if quick else 100  # of 10 clients each
     return [
         Scenario(
             "sweep-even",
@@ -553,46 +735,173 @@ def scenarios(quick: bool, duration: float) -> list[Scenario]:
             ["connect", "--duration", d, "--in-flight", "32", "--max-connects", "200000"],
             "connect",
         ),
+        Scenario(
+            "chat-100",
+            "chat: 100 clients, even pattern, below and above saturation",
+            [*chat, *rates(CHAT_100_RATES), "--pattern", "even"],
+            "sweep",
+        ),
+        Scenario(
+            "rooms-raw",
+            "rooms, raw mode: one room of 10 clients (each line: 9 clients and the reference)",
+            ["chat", "--clients", "10", "--duration", d, "--grace", "2", *rates(ROOM_RATES)],
+            "sweep",
+            ("rat",),
+        ),
+        Scenario(
+            "rooms-chat",
+            f"rooms, chat mode: {rooms} rooms of 10 clients (each line: 9 clients and the"
+            " room's reference)",
+            [
+                "chat",
+                "--clients",
+                str(10 * rooms),
+                "--rooms",
+                str(rooms),
+                *chat[3:],
+                *rates(ROOM_RATES),
+            ],
+            "sweep",
+            ("rat-chat",),
+        ),
+        Scenario(
+            "idle-chat",
+            f"idle, chat mode: {int(idle_n):,} connections in the lobby, then one broadcast",
+            ["idle", "--connections", idle_n, "--hold", "1"],
+            "idle",
+            ("rat-chat",),
+        ),
+        Scenario(
+            "backplane-chat",
+            "chat: 100 clients, even pattern (two nodes: 50 on each)",
+            [*chat, *rates(BACKPLANE_RATES), "--pattern", "even"],
+            "sweep",
+            ("rat", "rat-redis2", "redis"),
+        ),
+        Scenario(
+            "redis-publish",
+            "Redis alone: one publisher as fast as a 1,024-line window allows (the PUBLISH"
+            " rate a backplane node gets), 2 subscribers",
+            [*fanout, "--subscribers", "2"],
+            "fanout",
+            ("redis",),
+        ),
     ]
 
 
+DEFAULT_SCENARIOS = ("sweep-even", "sweep-ticks", "fanout-100", "fanout-1000", "idle-10k",
+                     "connect")  # fmt: skip
+
+
+def expand(names: list[str]) -> tuple[list[str], list[str]]:
+    """`--scenarios` with group names replaced by their scenarios; and the groups named."""
+    out: list[str] = []
+    groups = []
+    for name in names:
+        if name in GROUPS:
+            groups.append(name)
+            out += [n for n in GROUPS[name].scenarios if n not in out]
+        elif name not in out:
+            out.append(name)
+    return out, groups
+
+
 def applies(sc: Scenario, spec: ServerSpec) -> bool:
-    """The connect scenario speaks plain TCP (line or Redis): not to WebSocket or TLS peers."""
-    return sc.kind != "connect" or (spec.proto in ("line", "redis") and not spec.tls)
+    """Whether `sc` runs against `spec`: its server list; connect: one node, not chat mode."""
+    if sc.servers and spec.name not in sc.servers:
+        return False
+    if sc.kind == "connect":
+        return spec.nodes == 1 and not spec.bench_args
+    return True
 
 
-def reproduce(sc: Scenario, proto: str = "line") -> str:
+def reproduce(sc: Scenario, spec: ServerSpec | None = None) -> str:
     """The command that reproduces a scenario's figures (SERVER: --port PORT --server-pid PID)."""
-    extra = " --proto redis" if proto == "redis" else ""
+    extra = f" {shlex.join(spec.generator_args)}" if spec and spec.generator_args else ""
     return f"rat bench {shlex.join(sc.args)}{extra} SERVER --json"
+
+
+class Scraper:
+    """GET /metrics every second while a run goes on (rat --admin); counts what it got.
+
+    A thread: started after the generator's process, stopped before anything
+    else is started (no fork while it runs).
+    """
+
+    def __init__(self, port: int, every: float = 1.0) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.every = every
+        self.ok = 0
+        self.failed = 0
+        self.bytes = 0
+        self.last_error = ""
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(self.every):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as reply:
+                    body = reply.read()
+                if b"rat_" not in body:
+                    raise ValueError("no rat_ metric in the reply")
+                self.ok += 1
+                self.bytes += len(body)
+            except (OSError, ValueError) as err:
+                self.failed += 1
+                self.last_error = str(err)[:200]
+
+    def __enter__(self) -> Scraper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+    def figures(self) -> dict[str, Any]:
+        return {"ok": self.ok, "failed": self.failed, "bytes": self.bytes,
+                "last_error": self.last_error}  # fmt: skip
 
 
 def run_bench(
     python: str, spec: ServerSpec, scenario: Scenario, server: RunningServer, cpu: int | None
 ) -> dict[str, Any]:
     cmd = [
-        python, "-m", "ratbench", *scenario.args, "--proto", spec.proto,
-        "--port", str(server.port), "--server-pid", str(server.proc.pid),
-        "--json", "--no-progress", "--setup-timeout", "60", *(["--tls"] if spec.tls else []),
+        python, "-m", "ratbench", *scenario.args, *spec.generator_args,
+        "--port", ",".join(map(str, server.ports)),
+        "--server-pid", ",".join(map(str, server.pids)),
+        "--json", "--no-progress", "--setup-timeout", "60",
     ]  # fmt: skip
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
+    with subprocess.Popen(
         cmd,
         env=env,
-        capture_output=True,
-        timeout=600,
-        check=False,
         stdin=subprocess.DEVNULL,
-        preexec_fn=pin(cpu),
-    )
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=pin(cpu),  # noqa: PLW1509 (the scraper thread starts after this)
+    ) as proc:
+        scraper = Scraper(server.admin_port) if spec.scrape and server.admin_port else None
+        with scraper or contextlib.nullcontext():
+            try:
+                stdout, stderr = proc.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
     if proc.returncode not in (0, 1):
         try:
-            error = json.loads(proc.stdout)["error"]
+            error = json.loads(stdout)["error"]
         except (ValueError, KeyError, TypeError):
-            error = proc.stderr.decode(errors="replace").strip()[-800:]
+            error = stderr.decode(errors="replace").strip()[-800:]
         raise RuntimeError(error)
-    result: dict[str, Any] = json.loads(proc.stdout)
+    result: dict[str, Any] = json.loads(stdout)
+    if scraper is not None:
+        result["scraper"] = scraper.figures()
+    if spec.scrape and server.admin_port is None:
+        raise RuntimeError("rat's listening line names no admin port: nothing to scrape")
     return result
 
 
@@ -619,6 +928,7 @@ def run_metrics(run: dict[str, Any]) -> dict[str, Any]:
         "p999_us": lat["p99.9"],
         "max_us": lat["max"],
         "anomalies": run["anomalies"] + run["disconnected"],
+        "published_per_s": run.get("published_per_s"),
         "generator_busy": run["generator"]["busy"],
         "generator_bound": 1 if any("GENERATOR" in v for v in run["verdict"]) else 0,
         "rss_growth_kib": sm.get("rss_growth_kib_per_conn"),
@@ -795,7 +1105,166 @@ def targets(s: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+def figure(s: dict[str, Any], scen: str, server: str, key: str, rate: int | None = None) -> Any:
+    """One median figure of the summary (a sweep's: at `rate`); None if not measured."""
+    r = (s.get(scen) or {}).get(server) or {}
+    if rate is not None:
+        r = (r.get("rates") or {}).get(str(rate)) or {}
+    return r.get(key)
+
+
+def node_p99s(raw: dict[str, Any], scen: str, server: str, rate: int) -> list[Any]:
+    """Several servers: the median p99 of each node's receivers at `rate` (a sweep)."""
+    per_node: dict[int, list[Any]] = {}
+    for run in (raw.get(scen) or {}).get(server) or []:
+        for one in run.get("runs") or []:
+            if one["params"]["rate"] == rate:
+                for i, node in enumerate(one.get("nodes") or []):
+                    per_node.setdefault(i, []).append(node["latency_us"]["p99"])
+    return [median(per_node[i]) for i in sorted(per_node)]
+
+
+def versus(
+    name: str, a: Any, b: Any, limit: float | None = None, kind: str = "us"
+) -> tuple[str, str, bool | None]:
+    """A target row: a against b, their ratio, and whether it is within `limit` (if any)."""
+    r = ratio(a, b)
+    show: Callable[[Any], str] = {
+        "us": fmt_us,
+        "ns": lambda v: f"{fmt_num(v)} ns",
+        "cpu": lambda v: "-" if v is None else f"{v:.0%} CPU",
+        "kib": lambda v: "-" if v is None else f"{v:.2f} KiB",
+        "rate": lambda v: f"{fmt_num(v)}/s",
+    }[kind]
+    met = None if r is None or limit is None else r <= limit
+    return name, f"{show(a)} vs {show(b)}: {fmt_ratio(r)}", met
+
+
+def group_targets(
+    group: str, s: dict[str, Any], raw: dict[str, Any]
+) -> list[tuple[str, str, bool | None]]:
+    """The rows of a scenario group's target table (a limit where one was set)."""
+    rows: list[tuple[str, str, bool | None]] = []
+
+    def row(
+        name: str,
+        key: str,
+        a: tuple[str, str],
+        b: tuple[str, str],
+        *,
+        rate: int | None = None,
+        limit: float | None = None,
+    ) -> None:
+        """`a` and `b`: (scenario, server); `key` a summary figure (at `rate`, a sweep)."""
+        kind = {"server_cpu": "cpu", "ns_per_delivered": "ns", "rss_growth_kib": "kib"}
+        rows.append(
+            versus(
+                name,
+                figure(s, *a, key, rate),
+                figure(s, *b, key, rate),
+                limit,
+                kind.get(key, "us"),
+            )
+        )
+
+    chat = "chat-100"
+    if group == "ws":
+        fan = "fanout-1000"
+        for peer in ("rat", "ws-websockets-uvloop"):
+            what = "rat over TCP" if peer == "rat" else peer
+            row(f"fan-out 1 -> 1,000: ns per line, rat-web vs {what}", "ns_per_delivered",
+                (fan, "rat-web"), (fan, peer))  # fmt: skip
+        for peer in ("ws-websockets", "ws-websockets-uvloop", "ws-node"):
+            for rate, key in ((2000, "server_cpu"), (2000, "p99_us"), (50000, "p99_us")):
+                what = "server CPU" if key == "server_cpu" else "p99"
+                row(f"chat 100 WS clients @ {rate:,}/s: {what}, rat-web vs {peer}", key,
+                    (chat, "rat-web"), (chat, peer), rate=rate)  # fmt: skip
+            row(f"idle WS connections: RSS per connection, rat-web vs {peer}", "rss_growth_kib",
+                ("idle-10k", "rat-web"), ("idle-10k", peer))  # fmt: skip
+    elif group == "tls":
+        for peer in ("tls-uvloop", "rat"):
+            row(f"chat 100 over TLS @ 2,000/s: server CPU, rat-tls vs {peer}", "server_cpu",
+                (chat, "rat-tls"), (chat, peer), rate=2000)  # fmt: skip
+            row(f"chat 100 over TLS @ 50,000/s: p99, rat-tls vs {peer}", "p99_us",
+                (chat, "rat-tls"), (chat, peer), rate=50000)  # fmt: skip
+        row("fan-out 1 -> 100: ns per line, rat-tls vs plain rat", "ns_per_delivered",
+            ("fanout-100", "rat-tls"), ("fanout-100", "rat"))  # fmt: skip
+    elif group == "admin":
+        row("chat 100 @ 2,000/s: server CPU, rat --admin (scraped) vs rat", "server_cpu",
+            (chat, "rat-admin"), (chat, "rat"), rate=2000)  # fmt: skip
+        row("chat 100 @ 50,000/s: p99, rat --admin (scraped) vs rat", "p99_us",
+            (chat, "rat-admin"), (chat, "rat"), rate=50000)  # fmt: skip
+        got = [r["scraper"] for r in (raw.get(chat) or {}).get("rat-admin") or [] if "scraper" in r]
+        ok, failed = sum(g["ok"] for g in got), sum(g["failed"] for g in got)
+        last = next((g["last_error"] for g in got if g["last_error"]), "")
+        rows.append(
+            (
+                "/metrics scraped every second during the runs",
+                f"{ok} answers, {failed} failures" + (f" ({last})" if last else ""),
+                None if not got else failed == 0,
+            )
+        )
+    elif group == "rooms":
+        pair = (("rooms-chat", "rat-chat"), ("rooms-raw", "rat"))
+        for rate in map(int, figure(s, "rooms-raw", "rat", "rates") or {}):
+            raw_cpu = figure(s, "rooms-raw", "rat", "server_cpu", rate)
+            if raw_cpu is not None and raw_cpu >= 0.95:  # raw mode saturated: latency
+                row(
+                    f"@ {rate:,}/s (raw saturated): p99, {ROOMS_TEXT}",
+                    "p99_us",
+                    *pair,
+                    rate=rate,
+                    limit=1.2,
+                )
+            else:
+                row(f"@ {rate:,}/s (raw below saturation): ns per line, {ROOMS_TEXT}",
+                    "ns_per_delivered", *pair, rate=rate, limit=1.2)  # fmt: skip
+        growth = figure(s, "idle-chat", "rat-chat", "rss_growth_kib")
+        rows.append(
+            (
+                "idle chat clients: RSS growth <= 1 KiB per connection",
+                "-" if growth is None else f"{growth:.3f} KiB per connection",
+                None if growth is None else growth <= 1.0,
+            )
+        )
+    elif group == "backplane":
+        scen = "backplane-chat"
+        for rate in map(int, figure(s, scen, "rat", "rates") or {}):
+            row(f"chat 100 @ {rate:,}/s split over two nodes: p99 vs one rat", "p99_us",
+                (scen, "rat-redis2"), (scen, "rat"), rate=rate)  # fmt: skip
+            nodes = node_p99s(raw, scen, "rat-redis2", rate)
+            if nodes:
+                name, text, met = rows[-1]
+                rows[-1] = (name, f"{text} (per node: {', '.join(map(fmt_us, nodes))})", met)
+            row(f"chat 100 @ {rate:,}/s: p99, Redis pub/sub alone vs one rat", "p99_us",
+                (scen, "redis"), (scen, "rat"), rate=rate)  # fmt: skip
+        rate = figure(s, "redis-publish", "redis", "published_per_s")
+        rows.append(
+            ("Redis alone: PUBLISH/s, 1,024-line window, 2 subscribers", fmt_num(rate), None)
+        )
+    return rows
+
+
+NODES_NOTE = " (`--port P1,P2` of its {} nodes, `--server-pid` theirs and redis-server's)"
+ROOMS_TEXT = "rat --chat, rooms of 10, vs raw rat, 10 clients (limit 1.2x)"
+
+
 # -- the report ---------------------------------------------------------------------------------
+
+
+def needs_note(servers: list[ServerSpec]) -> str:
+    """What each server needs on the generator's command line besides SERVER."""
+    notes = []
+    for sp in servers:
+        if not (sp.generator_args or sp.nodes > 1 or sp.port_from):
+            continue
+        note = f"{sp.name} `{shlex.join(sp.generator_args)}`" if sp.generator_args else sp.name
+        if sp.port_from:
+            note += f" (`--port` is its {sp.port_from} port)"
+        if sp.nodes > 1:
+            note += NODES_NOTE.format(sp.nodes)
+        notes.append(note)
+    return "; ".join(notes) or "nothing more"
 
 
 def write_report(
@@ -837,15 +1306,19 @@ def write_report(
         "```",
         "",
         "Each run starts a fresh server, pinned to one CPU, and runs the generator, pinned to"
-        " another. In the commands, SERVER is `--port PORT --server-pid PID`, plus"
-        " `--proto redis` for Redis, `--proto ws` for the ws-* servers and `--tls` for tls-*"
-        " (the connect scenario runs against the plain TCP servers only).",
+        " another. In the commands, SERVER is `--port PORT --server-pid PID`, plus what each"
+        " server needs: "
+        + needs_note(servers)
+        + " (the connect scenario churns every transport: TCP, TLS, WebSocket; not chat mode).",
         "",
         "Servers: " + "; ".join(f"**{sp.name}**: {sp.label}" for sp in servers) + ".",
-        "Redis delivers each chat client's own messages back to it (pub/sub has no way to"
-        " exclude the sender), so it delivers N lines per chat line where the others deliver"
-        " N-1; its per-line cost is per delivered line like everyone's.",
     ]
+    if "redis" in names:
+        lines.append(
+            "Redis delivers each chat client's own messages back to it (pub/sub has no way to"
+            " exclude the sender), so it delivers N lines per chat line where the others"
+            " deliver N-1; its per-line cost is per delivered line like everyone's."
+        )
     if meta["skipped"]:
         lines += ["", "Skipped: " + "; ".join(meta["skipped"]) + "."]
     if chart:
@@ -853,7 +1326,7 @@ def write_report(
             "",
             "![server CPU and p99 over the rate sweep, fan-out cost, memory](benchmarks.png)",
         ]
-    if "rat" in names:
+    if "rat" in names and "uvloop" in names:
         lines += [
             "",
             "## Targets",
@@ -864,26 +1337,41 @@ def write_report(
         for name, measured, met in targets(s):
             mark = "n/a" if met is None else ("**yes**" if met else "**NO**")
             lines.append(f"| {name} | {measured} | {mark} |")
+    for group in meta.get("groups", []):
+        lines += ["", f"## {group}: {GROUPS[group].title}", ""]
+        if GROUPS[group].note:
+            lines += [GROUPS[group].note, ""]
+        lines += ["| target | measured | met |", "|---|---|---|"]
+        for name, measured, met in group_targets(group, s, raw):
+            mark = "-" if met is None else ("**yes**" if met else "**NO**")
+            lines.append(f"| {name} | {measured} | {mark} |")
     lines += ["", "## Results", ""]
     for sc in scens:
         rows = s.get(sc.name, {})
+        scope = meta.get("scope") or {}
+        here = [
+            sp.name
+            for sp in servers
+            if applies(sc, sp) and (not scope or sp.name in scope.get(sc.name, []))
+        ]
         lines += [f"### {sc.title}", ""]
         if sc.kind == "sweep":
-            lines += sweep_tables(sc, rows, names)
+            lines += sweep_tables(sc, rows, here)
         elif sc.kind == "idle":
-            lines += server_table(names, rows, IDLE_COLUMNS, idle_cells)
+            lines += server_table(here, rows, IDLE_COLUMNS, idle_cells)
         elif sc.kind == "connect":
-            tcp = [sp.name for sp in servers if applies(sc, sp)]
-            lines += server_table(tcp, rows, CONNECT_COLUMNS, connect_cells)
+            lines += server_table(here, rows, CONNECT_COLUMNS, connect_cells)
         else:
-            lines += server_table(names, rows, FANOUT_COLUMNS, fanout_cells)
-        lines += ["", "```sh", reproduce(sc), "```"]
+            lines += server_table(here, rows, FANOUT_COLUMNS, fanout_cells)
+        only = [sp for sp in servers if sp.name in here]
+        lines += ["", "```sh", reproduce(sc, only[0] if len(only) == 1 else None), "```"]
         errors = [f"{n}: {e}" for n in names for e in (rows.get(n) or {}).get("errors", [])]
         if errors:
             lines += ["", "Failures:", *[f"- `{e[:300]}`" for e in errors]]
         lines.append("")
     if "rat" in names and peers:
-        lines += ratio_table(s, scens, peers)
+        lines += ratio_table(s, [sc for sc in scens if not sc.servers or "rat" in sc.servers],
+                             peers)  # fmt: skip
     lines += [
         "",
         "Column notes: *server CPU* is the server's CPU time over the receive window (from the"
@@ -1164,12 +1652,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--servers",
         default=None,
-        help=f"comma-separated (default: {','.join(ALL_SERVERS)} and every rat variant)",
+        help=f"comma-separated (default: {','.join(ALL_SERVERS)} and every --rat-args"
+        f" variant; {', '.join(RAT_FEATURES)} when named or in a group)",
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(sc.name for sc in scenarios(False, 2.0)),
-        help="comma-separated",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated scenarios or groups ("
+        + "; ".join(f"{name}: {', '.join(g.scenarios)}" for name, g in GROUPS.items())
+        + "); only groups: their servers unless --servers",
     )
     parser.add_argument(
         "--python",
@@ -1206,17 +1697,30 @@ def main(argv: list[str]) -> int:
         return report(args, data["raw"], data["meta"], variants)
     if args.quick:
         args.reps, args.duration = 1, 1.0
-    known = [*ALL_SERVERS, *(name for name, _ in variants)]
-    wanted = args.servers.split(",") if args.servers else known
+    usual = [*ALL_SERVERS, *(name for name, _ in variants)]
+    scope: dict[str, list[str]] = {}  # scenario -> its servers (groups only)
+    known = [*usual, *RAT_FEATURES]
     all_scens = scenarios(args.quick, args.duration)
-    wanted_scens = args.scenarios.split(",")
+    wanted_scens, groups = expand(args.scenarios.split(","))
+    if args.servers:
+        wanted = args.servers.split(",")
+    elif groups and len(groups) == len(args.scenarios.split(",")):  # only groups named
+        wanted = [n for n in known if any(n in GROUPS[g].servers for g in groups)]
+        # each scenario against the servers of the groups it is in, not every group's
+        scope = {
+            sc: sorted({n for g in groups if sc in GROUPS[g].scenarios for n in GROUPS[g].servers})
+            for sc in wanted_scens
+        }
+    else:
+        wanted = usual
     unknown = [n for n in wanted if n not in known] + [
         n for n in wanted_scens if n not in {sc.name for sc in all_scens}
     ]
     if unknown:
         print(
             f"compare: unknown server or scenario: {', '.join(unknown)} (servers:"
-            f" {', '.join(known)}; scenarios: {', '.join(sc.name for sc in all_scens)})",
+            f" {', '.join(known)}; scenarios: {', '.join(sc.name for sc in all_scens)};"
+            f" groups: {', '.join(GROUPS)})",
             file=sys.stderr,
         )
         return 2
@@ -1231,7 +1735,8 @@ def main(argv: list[str]) -> int:
     servers: list[ServerSpec] = []
     skipped: list[str] = []
     for spec in server_specs(args.python, variants, wanted=set(wanted)):
-        if spec.name not in wanted:
+        if spec.name not in wanted or not any(applies(sc, spec) for sc in all_scens
+                                              if sc.name in wanted_scens):  # fmt: skip
             continue
         why = spec.missing or preflight(spec)
         if why:
@@ -1240,7 +1745,7 @@ def main(argv: list[str]) -> int:
             continue
         servers.append(spec)
     scens = [sc for sc in all_scens if sc.name in wanted_scens]
-    if not servers or not scens:
+    if not any(applies(sc, sp) for sc in scens for sp in servers):
         print("compare: nothing to run", file=sys.stderr)
         return 2
     print(
@@ -1256,7 +1761,7 @@ def main(argv: list[str]) -> int:
         for sc in scens:
             order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
             for spec in order:
-                if not applies(sc, spec):
+                if not applies(sc, spec) or (scope and spec.name not in scope[sc.name]):
                     continue
                 result, note = measure(args.python, spec, sc, server_cpu, gen_cpu)
                 raw[sc.name].setdefault(spec.name, []).append(result)
@@ -1274,6 +1779,8 @@ def main(argv: list[str]) -> int:
         "machine": machine_info(args.python),
         "servers": [sp.name for sp in servers],
         "scenarios": [sc.name for sc in scens],
+        "groups": groups,
+        "scope": scope,
         "duration": args.duration,
         "quick": args.quick,
         "rat": version_before
@@ -1341,7 +1848,9 @@ def report(
         json.dumps({"meta": meta, "raw": raw, "summary": summary}, indent=1)
     )
     names = [sp.name for sp in servers]
-    chart = draw_chart(summary, scens, names, out_dir / "benchmarks.png")
+    chart = "sweep-even" in meta["scenarios"] and draw_chart(
+        summary, scens, names, out_dir / "benchmarks.png"
+    )
     text = write_report(s=summary, raw=raw, scens=scens, servers=servers, meta=meta, chart=chart)
     (out_dir / "report.md").write_text(text)
     print(f"compare: report in {out_dir / 'report.md'}", file=sys.stderr)

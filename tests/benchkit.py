@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import selectors
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,14 @@ def run_ratbench(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess
     )
 
 
-def bench(port: int, *argv: str, pid: int | None = None, timeout: float = 60) -> dict[str, Any]:
-    """Run `python -m ratbench ... --json`; return the summary (and check the exit code)."""
-    cmd = [*argv, "--port", str(port), "--json"]
+def bench(
+    port: int | None, *argv: str, pid: int | None = None, timeout: float = 60
+) -> dict[str, Any]:
+    """Run `python -m ratbench ... --json`; return the summary (and check the exit code).
+
+    `port` None: `argv` says where the server is.
+    """
+    cmd = [*argv, *([] if port is None else ["--port", str(port)]), "--json"]
     if pid is not None:
         cmd += ["--server-pid", str(pid)]
     proc = run_ratbench(*cmd, timeout=timeout)
@@ -72,7 +79,11 @@ IDS = ["chat", "fanout", "fanout-3-publishers-2-workers", "idle"]
 
 
 class PeerProcess:
-    """A peer server (`bench/peers/...`) as a child process."""
+    """A peer server (`bench/peers/...`) as a child process.
+
+    Its stderr is read to the end by a thread (the last lines are kept in
+    `log`): a peer that logs a lot must never block on a full pipe.
+    """
 
     def __init__(self, cmd: list[str]) -> None:
         self.proc = subprocess.Popen(
@@ -84,14 +95,39 @@ class PeerProcess:
             self.stop()
             raise RuntimeError(f"peer did not start: {line!r}")
         self.port = int(line.split(",")[0].rsplit(":", 1)[1])  # the first address named
+        self.log: list[bytes] = []
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log = [*self.log[-50:], line]
 
     def stop(self) -> None:
         terminate(self.proc)
+        if hasattr(self, "reader"):
+            self.reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
 
 Fault = Callable[[int, int, bytes], list[bytes]]
+
+
+def read_or_drop(
+    sel: selectors.BaseSelector, clients: dict[socket.socket, Any], sock: socket.socket
+) -> bytes:
+    """What a relay's client sent; b"" once it is gone (then it is dropped and closed)."""
+    try:
+        data = sock.recv(65536)
+    except OSError:
+        data = b""
+    if not data:
+        sel.unregister(sock)
+        del clients[sock]
+        sock.close()
+    return data
 
 
 class FaultyRelay:
@@ -129,14 +165,8 @@ class FaultyRelay:
                     accepted += 1
                     self.sel.register(conn, selectors.EVENT_READ)
                     continue
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
+                data = read_or_drop(self.sel, clients, sock)
                 if not data:
-                    self.sel.unregister(sock)
-                    del clients[sock]
-                    sock.close()
                     continue
                 state = clients[sock]
                 buf = state[2] + data
@@ -173,3 +203,81 @@ def faulty_relays() -> Iterator[Callable[..., FaultyRelay]]:
     yield start
     for relay in relays:
         relay.stop()
+
+
+class ClusterRelay:
+    """Two (or more) relay "nodes" of one broadcast, in one thread, like a Redis backplane.
+
+    A line from a client of node A reaches the other clients of A at once and
+    the clients of every other node `delay` seconds later, in a batch, so two
+    senders on different nodes arrive in different orders on different nodes
+    (the SPEC allows that); each sender's order is kept everywhere.  With
+    `per_receiver=True` every receiver gets the remote batches at times of
+    its own, so not even the receivers of one node share an order.
+    """
+
+    def __init__(self, nodes: int = 2, delay: float = 0.004, per_receiver: bool = False) -> None:
+        self.delay = delay
+        self.per_receiver = per_receiver
+        self.listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(nodes)]
+        self.ports = [lst.getsockname()[1] for lst in self.listeners]
+        self.sel = selectors.DefaultSelector()
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        for node, listener in enumerate(self.listeners):
+            self.sel.register(listener, selectors.EVENT_READ, node)
+        # sock -> [node, partial line, remote lines waiting, when they are due]
+        clients: dict[socket.socket, list[Any]] = {}
+        clock = time.monotonic
+        while not self.stop_flag.is_set():
+            for key, _ in self.sel.select(0.001):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock in self.listeners:
+                    conn, _ = sock.accept()
+                    clients[conn] = [key.data, b"", [], 0.0]
+                    self.sel.register(conn, selectors.EVENT_READ)
+                    continue
+                data = read_or_drop(self.sel, clients, sock)
+                if not data:
+                    continue
+                state = clients[sock]
+                *lines, state[1] = (state[1] + data).split(b"\n")
+                if not lines:
+                    continue
+                block = b"".join(line + b"\n" for line in lines)
+                now = clock()  # one due time for a node's receivers: they keep one order
+                for other, ostate in list(clients.items()):
+                    if other is sock:
+                        continue
+                    if ostate[0] == state[0]:
+                        self._send(other, block)
+                    else:
+                        if not ostate[2]:
+                            jitter = random.random() if self.per_receiver else 0.5
+                            ostate[3] = now + self.delay * (0.5 + jitter)
+                        ostate[2].append(block)
+            now = clock()
+            for other, ostate in list(clients.items()):
+                if ostate[2] and now >= ostate[3]:
+                    self._send(other, b"".join(ostate[2]))
+                    ostate[2] = []
+        for sock in clients:
+            sock.close()
+        for listener in self.listeners:
+            listener.close()
+        self.sel.close()
+
+    @staticmethod
+    def _send(sock: socket.socket, data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(10)

@@ -62,6 +62,29 @@ def test_smoke_tls(tls_peer: PeerProcess, scenario: list[str]) -> None:
     assert s["proto"] == "line+tls"
 
 
+@pytest.mark.slow
+def test_connect_churn_over_tls(tls_peer: PeerProcess) -> None:
+    """Every churn connection finishes its TLS handshake; newcomers get a line over TLS."""
+    s = bench(tls_peer.port, "connect", "--tls", "--duration", "0.5", "--max-connects", "200",
+              "--newcomer-every", "50")  # fmt: skip
+    assert s["proto"] == "line+tls" and s["anomalies"] == 0
+    assert s["churn"]["completed"] > 0 and not s["churn"]["failed"]
+    assert s["newcomers"]["ok"] == s["newcomers"]["count"] > 0
+
+
+def test_connect_tls_against_plain_tcp() -> None:
+    """The beacon's handshake fails first: a sentence, exit 3."""
+    peer = PeerProcess([sys.executable, str(PEERS / "asyncio_server.py"), "--port", "0"])
+    try:
+        proc = run_ratbench("connect", "--tls", "--port", str(peer.port), "--duration", "0.5",
+                            "--setup-timeout", "2")  # fmt: skip
+    finally:
+        peer.stop()
+    err = proc.stderr.decode()
+    assert proc.returncode == 3, err
+    assert "the beacon connection: the TLS handshake with" in err and "Traceback" not in err
+
+
 def test_tls_verified_with_the_ca_file(
     tls_peer: PeerProcess, certs: dict[str, tuple[Path, Path]]
 ) -> None:

@@ -116,6 +116,30 @@ def test_smoke_websockets_peer(websockets_peer: PeerProcess, scenario: list[str]
         assert s["slow_path_receivers"] == 0  # fixed-size frames: checked on the fast path
 
 
+@pytest.mark.slow
+def test_connect_churn_over_websocket(websockets_peer: PeerProcess) -> None:
+    """Every churn connection is upgraded (101) before it is closed; newcomers get a line."""
+    s = bench(websockets_peer.port, "connect", "--proto", "ws", "--duration", "0.5",
+              "--max-connects", "200", "--newcomer-every", "50")  # fmt: skip
+    assert s["proto"] == "ws" and s["anomalies"] == 0, s["newcomers"]["failures"]
+    assert s["churn"]["completed"] > 0 and not s["churn"]["failed"]
+    assert s["newcomers"]["ok"] == s["newcomers"]["count"] > 0
+
+
+def test_connect_churn_counts_refused_upgrades() -> None:
+    """A plain TCP relay answers no upgrade: the churn counts failures, the beacon says why."""
+    relay = FaultyRelay(lambda r, n, line: [line])
+    try:
+        proc = run_ratbench("connect", "--proto", "ws", "--port", str(relay.port),
+                            "--duration", "0.5", "--setup-timeout", "2")  # fmt: skip
+    finally:
+        relay.stop()
+    err = proc.stderr.decode()
+    assert proc.returncode == 3, err
+    assert "the beacon connection" in err and "WebSocket upgrade" in err
+    assert "Traceback" not in err
+
+
 def test_ws_against_a_line_server_is_a_clear_error() -> None:
     """--proto ws against a plain TCP relay: the upgrade fails with a sentence, exit 3."""
     relay = FaultyRelay(lambda r, n, line: [line])

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.server
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -94,16 +98,140 @@ def test_quick_run_writes_results_not_docs(tmp_path: Path) -> None:
         "--scenarios", "fanout-100", "--results-dir", str(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "skipping rat-bogus: this rat does not accept '--no-such-flag'" in proc.stderr
+    assert "skipping rat-bogus: this rat does not know --no-such-flag" in proc.stderr
     assert digest(DOCS) == before  # no --update-docs: docs/ untouched
     (run_dir,) = tmp_path.iterdir()
     report = (run_dir / "report.md").read_text()
     assert "### fanout: 1 -> 100" in report
     assert "rat bench fanout --publishers 1 --window 1024" in report  # how to reproduce
-    assert "| selectors |" in report and "rat-bogus (this rat does not accept" in report
+    assert "| selectors |" in report and "rat-bogus (this rat does not know" in report
     raw = json.loads((run_dir / "raw.json").read_text())
     assert raw["meta"]["servers"] == ["selectors"]
     again = run_compare("--from-results", str(run_dir / "raw.json"), "--results-dir", str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert len(list(tmp_path.iterdir())) >= 1
     assert digest(DOCS) == before
+
+
+def test_groups_expand_to_their_scenarios() -> None:
+    compare = load_compare()
+    names = {sc.name for sc in compare.scenarios(False, 2.0)}
+    for group in compare.GROUPS.values():
+        assert set(group.scenarios) <= names
+    assert compare.expand(["rooms", "fanout-100", "rooms-raw"]) == (
+        ["rooms-raw", "rooms-chat", "idle-chat", "fanout-100"],
+        ["rooms"],
+    )
+    assert compare.expand(["tls", "admin"])[0] == ["chat-100", "fanout-100"]
+
+
+def test_which_scenario_runs_against_which_server() -> None:
+    compare = load_compare()
+    specs = {sp.name: sp for sp in compare.server_specs(sys.executable, [], check=False)}
+    scens = {sc.name: sc for sc in compare.scenarios(False, 2.0)}
+    assert compare.applies(scens["rooms-chat"], specs["rat-chat"])
+    assert not compare.applies(scens["rooms-chat"], specs["rat"])
+    assert compare.applies(scens["rooms-raw"], specs["rat"])
+    for name in ("rat-chat", "rat-redis2"):
+        assert not compare.applies(scens["connect"], specs[name]), name
+    for name in ("rat", "rat-web", "rat-tls", "ws-node", "tls-uvloop", "redis"):
+        assert compare.applies(scens["connect"], specs[name]), name  # accepts per transport
+    assert specs["rat-web"].generator_args == ["--proto", "ws"]
+    assert specs["rat-chat"].generator_args == ["--chat"]
+    assert specs["rat-tls"].generator_args == ["--tls"]
+    assert "--chat" in compare.reproduce(scens["rooms-chat"], specs["rat-chat"])
+
+
+def test_rat_flags_come_from_its_help() -> None:
+    compare = load_compare()
+    flags = compare.rat_serve_flags(sys.executable)
+    assert isinstance(flags, set) and {"--port", "--chat", "--max-line"} <= flags
+    assert compare.lacks(["--chat"], flags) is None
+    assert compare.lacks(["--web", "0"], {"--port"}) == (
+        "this rat does not know --web (not in rat serve --help)"
+    )
+    line = (
+        "listening on 127.0.0.1:8080, [::1]:8080, web 127.0.0.1:8081, admin 127.0.0.1:9100,"
+        " unix /run/rat.sock (pid 4242)"
+    )
+    assert compare.LISTENING.search(line)[1] == "8080"
+    assert compare.LISTENER.findall(line) == [("web", "8081"), ("admin", "9100")]
+
+
+def test_scraper_gets_metrics() -> None:
+    compare = load_compare()
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"rat_connections 1\n" if self.path == "/metrics" else b""
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with compare.Scraper(httpd.server_address[1], every=0.02) as scraper:
+            deadline = time.monotonic() + 20
+            while scraper.ok < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert scraper.ok >= 3 and scraper.failed == 0
+        assert scraper.figures()["bytes"] == scraper.ok * len(b"rat_connections 1\n")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    with compare.Scraper(httpd.server_address[1], every=0.02) as gone:
+        deadline = time.monotonic() + 20
+        while not gone.failed and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert gone.failed and gone.ok == 0 and gone.last_error
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
+def test_a_cluster_is_redis_and_its_nodes(tmp_path: Path) -> None:
+    """A spec with nodes=2: redis-server first, then two nodes told where it is."""
+    compare = load_compare()
+    node = tmp_path / "node.py"
+    node.write_text(
+        "import socket, sys, time\n"
+        "assert sys.argv[1] == '--redis' and sys.argv[2].startswith('redis://127.0.0.1:')\n"
+        "s = socket.create_server(('127.0.0.1', 0))\n"
+        "print(f'listening on 127.0.0.1:{s.getsockname()[1]}', file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    spec = compare.ServerSpec("two", "line", "two nodes", lambda port: [sys.executable, str(node)],
+                              nodes=2)  # fmt: skip
+    server = compare.RunningServer(spec, None)
+    try:
+        assert len(server.ports) == 2 and len(set(server.ports)) == 2
+        assert len(server.pids) == 3  # redis-server and the two nodes
+        assert server.port == server.ports[0]
+    finally:
+        server.stop()
+    assert server.children == []
+
+
+@pytest.mark.slow
+def test_quick_group_run(tmp_path: Path) -> None:
+    """`--scenarios rooms,admin`: the groups' servers, their target tables, skips said."""
+    compare = load_compare()
+    proc = run_compare("--quick", "--scenarios", "rooms,admin", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    flags = compare.rat_serve_flags(sys.executable)
+    assert isinstance(flags, set)
+    if "--admin" not in flags:
+        assert "skipping rat-admin: this rat does not know --admin" in proc.stderr
+    (run_dir,) = tmp_path.iterdir()
+    report = (run_dir / "report.md").read_text()
+    assert "## rooms: chat rooms" in report and "## admin: the admin endpoint" in report
+    assert "idle chat clients: RSS growth <= 1 KiB per connection" in report
+    assert "rat bench chat --clients 200 --rooms 20" in report and "--chat SERVER" in report
+    raw = json.loads((run_dir / "raw.json").read_text())
+    assert set(raw["meta"]["servers"]) <= {"rat", "rat-chat", "rat-admin"}
+    assert raw["raw"]["rooms-chat"]["rat-chat"][0]["runs"][0]["proto"] == "line+chat"
+    assert "rat-chat" not in raw["raw"]["chat-100"]  # a scenario runs for its own groups' servers

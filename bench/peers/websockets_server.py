@@ -30,6 +30,7 @@ import sys
 from typing import cast
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
 
 CLIENTS: set[ServerConnection] = set()
 TCP: set[LineClient] = set()
@@ -85,6 +86,8 @@ async def relay(conn: ServerConnection) -> None:
                 for client in TCP:
                     if client.transport is not None:
                         client.transport.write(chunk)
+    except ConnectionClosed:
+        pass  # a reset (the connect scenario's churn): not worth a traceback in the log
     finally:
         CLIENTS.discard(conn)
 

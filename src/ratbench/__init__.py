@@ -64,7 +64,9 @@ _rate_or_max = real_number(at_least=0, maximum=100_000_000)
 _tick_ms = real_number(above=0, maximum=1000)
 _latency_count = whole_number(0, 1_000_000)
 _fraction = real_number(at_least=0, maximum=1)
+_rooms = whole_number(1, 10_000)
 MAX_RATES = 30
+MAX_SERVERS = 64
 
 
 def _line_size(text: str) -> int:
@@ -79,6 +81,32 @@ def _latency_receivers(text: str) -> str | int:
         return _latency_count(text)
     except argparse.ArgumentTypeError as err:
         raise argparse.ArgumentTypeError(f"{err} (or 'auto' or 'all')") from None
+
+
+def _ports(text: str) -> list[int]:
+    """A port, or several comma-separated (several servers of one cluster)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts) or len(parts) > MAX_SERVERS:
+        raise argparse.ArgumentTypeError(f"expected PORT or PORT,PORT,... (at most {MAX_SERVERS})")
+    return [_port(p) for p in parts]
+
+
+def _pids(text: str) -> list[int]:
+    """A process id, or several comma-separated (a cluster's nodes: their figures add up)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts) or len(parts) > MAX_SERVERS:
+        raise argparse.ArgumentTypeError(f"expected PID or PID,PID,... (at most {MAX_SERVERS})")
+    return [_pid(p) for p in parts]
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT, with an IPv6 address in brackets ([::1]:8080)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, _port(port)
 
 
 def _rates(text: str) -> list[float]:
@@ -101,14 +129,42 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) -> None:
+def _server_options(
+    parser: argparse.ArgumentParser, protos: tuple[str, ...], several: bool = True
+) -> None:
+    """--host, --port, --proto...; `several`: also servers of one cluster, mixed transports."""
     where = parser.add_argument_group("server")
     where.add_argument(
         "--host",
         default="127.0.0.1",
         help="server address: IPv4, IPv6 (::1) or a host name (the first address that answers)",
     )
-    where.add_argument("--port", type=_port, default=8080, help="server TCP port")
+    if several:
+        where.add_argument(
+            "--port",
+            type=_ports,
+            default=[8080],
+            metavar="PORT[,PORT...]",
+            help="server TCP port; several (on --host): the nodes of one cluster, clients"
+            " spread round-robin over them (default: 8080)",
+        )
+    else:
+        where.add_argument(
+            "--port",
+            type=lambda text: [_port(text)],
+            default=[8080],
+            help="server TCP port (default: 8080)",
+        )
+    if several:
+        where.add_argument(
+            "--connect",
+            type=_host_port,
+            action="append",
+            default=None,
+            metavar="HOST:PORT",
+            help="a server to connect to, instead of --host/--port; repeat it for the nodes"
+            " of one cluster (default: none)",
+        )
     where.add_argument(
         "--proto",
         choices=protos,
@@ -116,7 +172,7 @@ def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) ->
         help="line: the rat protocol; redis: Redis pub/sub on channel 'rat'"
         + ("; ws: WebSocket text messages on path /ws, one line each" if "ws" in protos else ""),
     )
-    if "ws" in protos:
+    if "ws" in protos and several:
         where.add_argument(
             "--ws-fraction",
             type=_fraction,
@@ -147,11 +203,29 @@ def _server_options(parser: argparse.ArgumentParser, protos: tuple[str, ...]) ->
         )
     where.add_argument(
         "--server-pid",
-        type=_pid,
+        type=_pids,
         default=None,
-        metavar="PID",
-        help="measure this process's CPU time (user and system) and memory over the run"
-        " (default: none, no server figures)",
+        metavar="PID[,PID...]",
+        help="measure this process's CPU time (user and system) and memory over the run;"
+        " several: added up (default: none, no server figures)",
+    )
+
+
+def _chat_options(parser: argparse.ArgumentParser, what: str) -> None:
+    chat = parser.add_argument_group("chat mode")
+    chat.add_argument(
+        "--chat",
+        action="store_true",
+        help="the server is in chat mode (rat serve --chat): publishers take the nicks"
+        " b00001, b00002, ...; '* ' notices are skipped and the '<nick> ' prefix checked",
+    )
+    chat.add_argument(
+        "--rooms",
+        type=_rooms,
+        default=1,
+        metavar="R",
+        help=f"with --chat: spread the {what} over R rooms #r0..#r(R-1), round-robin"
+        " (1: everyone stays in #lobby); the order is checked per room",
     )
 
 
@@ -316,6 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a sweep: one run per rate, one table (default: none, a single --rate run)",
     )
     _server_options(chat, ("line", "redis", "ws"))
+    _chat_options(chat, "clients")
     _load_options(_run_options(chat), "even")
     _output_options(chat)
 
@@ -344,6 +419,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="total publish rate (0: as fast as the window allows)",
     )
     _server_options(fanout, ("line", "redis", "ws"))
+    _chat_options(fanout, "publishers and the subscribers (each round-robin)")
     _load_options(_run_options(fanout), "even")
     _output_options(fanout)
 
@@ -362,6 +438,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hold", type=_seconds, default=2.0, metavar="SECONDS", help="how long to hold them"
     )
     _server_options(idle, ("line", "redis", "ws"))
+    _chat_options(idle, "connections")
     _run_options(idle)
     _output_options(idle)
 
@@ -371,7 +448,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         CONNECT_NOTES,
     )
     add_connect_arguments(connect)
-    _server_options(connect, ("line", "redis"))
+    _server_options(connect, ("line", "redis", "ws"), several=False)
     _run_options(connect, grace=False)
     _output_options(connect)
 
@@ -403,9 +480,25 @@ def config_from_args(args: argparse.Namespace) -> Any:
         ws_port=getattr(args, "ws_port", None),
         tls=getattr(args, "tls", False) or getattr(args, "tls_ca", None) is not None,
         tls_ca=getattr(args, "tls_ca", None),
+        chat=args.chat,
+        rooms=args.rooms,
     )
     if cfg.ws_fraction > 0 and (cfg.ws_port is None or cfg.proto != "line"):
         raise argparse.ArgumentTypeError("--ws-fraction needs --ws-port and --proto line")
+    if cfg.ws_fraction > 0 and len(cfg.servers) > 1:
+        raise argparse.ArgumentTypeError("--ws-fraction takes one server, not several")
+    if cfg.chat and cfg.proto == "redis":
+        raise argparse.ArgumentTypeError("--chat is rat's chat mode: not with --proto redis")
+    if cfg.rooms > 1 and not cfg.chat:
+        raise argparse.ArgumentTypeError(
+            "--rooms needs --chat (without chat mode a server has one room)"
+        )
+    spread = getattr(args, "clients", None) or getattr(args, "publishers", None)
+    if spread is not None and cfg.rooms > spread:
+        who = "clients" if args.scenario == "chat" else "publishers"
+        raise argparse.ArgumentTypeError(
+            f"--rooms {cfg.rooms} with {spread} {who}: some rooms would have no publisher"
+        )
     if args.scenario == "chat":
         cfg.clients, cfg.rate = args.clients, args.rate
     elif args.scenario == "fanout":

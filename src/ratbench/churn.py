@@ -28,6 +28,13 @@ server that does not accept fast enough fills its listen backlog, after
 which new SYNs are dropped and connects stall (and time out here).  The
 report also gives the server's CPU (user and system) over the churn.
 
+Over TLS (`--tls`) and WebSocket (`--proto ws`) a churn connection counts
+as completed once its transport is up: the TLS handshake done, the upgrade
+answered with `101` (both, for WSS).  Then it is closed as above.  So the
+rate is that of the whole transport's handshake (what a server does for
+every client that comes and goes), and a newcomer goes through the same
+before it waits for its line.
+
 Connections: the beacon, one newcomer at a time (plus one trial newcomer
 during set-up), and up to `--in-flight` per churn process.
 """
@@ -38,6 +45,7 @@ import argparse
 import errno
 import os
 import socket
+import ssl
 import struct
 import time
 from collections import Counter
@@ -47,14 +55,15 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from rat.argtypes import real_number, whole_number
+from ratbench import ws
 from ratbench.check import LatencyHistogram
 from ratbench.connect import Probe, show_address
 from ratbench.errors import BenchError, refusal
 from ratbench.pipe import CoordinatorLink, WorkerPool, worker_entry
 from ratbench.plan import Target
-from ratbench.poller import Poller, precise_timers, raise_nofile
-from ratbench.procstat import Sample, sample, self_cpu_ns
-from ratbench.wire import RespReader, encode_line, make_wire, parse_line
+from ratbench.poller import WOULD_BLOCK, Poller, client_tls, precise_timers, raise_nofile
+from ratbench.procstat import Sample, sample_all, self_cpu_ns
+from ratbench.wire import encode_line, make_wire, parse_line
 
 CONNECT_TIMEOUT_S = 3.0  # a churn connect pending this long is given up
 GO_DELAY_NS = 50_000_000
@@ -135,11 +144,15 @@ class ChurnConfig(Target):
     beacon_ms: float = 1.0
     newcomer_timeout: float = 2.0
     scenario: str = "connect"
+    tls: bool = False
+    tls_ca: str | None = None
 
 
 def churn_config(args: argparse.Namespace, progress: bool) -> ChurnConfig:
     return ChurnConfig(
         **Target.options(args, progress),
+        tls=args.tls or args.tls_ca is not None,
+        tls_ca=args.tls_ca,
         in_flight=args.in_flight,
         close=args.close,
         max_connects=args.max_connects,
@@ -166,6 +179,9 @@ class ChurnPlan:
     beacon_ns: int
     newcomer_timeout_ns: int
     setup_timeout: float
+    host: str = "127.0.0.1"  # the server's name (TLS: the one it proves)
+    tls: bool = False
+    tls_ca: str | None = None
 
 
 @dataclass
@@ -203,6 +219,87 @@ def _sleep_until(t_ns: int) -> None:
 # -- churn ---------------------------------------------------------------------------
 
 
+class Transport:
+    """Bringing one connection's transport up after its TCP connect: TLS, then the upgrade.
+
+    Non-blocking: `step()` goes as far as it can and says whether the
+    transport is up; it raises `TransportError` when the server refuses
+    (a failed handshake, an upgrade answered with anything but `101`).
+    """
+
+    def __init__(self, sock: socket.socket, plan: ChurnPlan, tls: ssl.SSLContext | None) -> None:
+        self.sock = sock
+        self.wants = 0  # poller events to wait for before the next step
+        self.shaking = tls is not None
+        if tls is not None:
+            self.sock = tls.wrap_socket(
+                sock, server_hostname=plan.host, do_handshake_on_connect=False
+            )
+        self.upgrade = plan.proto == "ws"
+        self.key = ws.new_key() if self.upgrade else b""
+        self.request = ws.upgrade_request(plan.where, self.key) if self.upgrade else b""
+        self.reply = bytearray()
+        self.rest = b""  # bytes after the upgrade reply (the first frames)
+
+    def step(self, poller: Poller) -> bool:
+        if self.shaking:
+            assert isinstance(self.sock, ssl.SSLSocket)
+            try:
+                self.sock.do_handshake()
+            except ssl.SSLWantReadError:
+                self.wants = poller.IN
+                return False
+            except ssl.SSLWantWriteError:
+                self.wants = poller.OUT
+                return False
+            except (ssl.SSLError, OSError) as err:
+                raise TransportError("TLS handshake", str(err)) from None
+            self.shaking = False
+        if self.request:
+            try:
+                sent = self.sock.send(self.request)
+            except WOULD_BLOCK:
+                self.wants = poller.OUT
+                return False
+            except OSError as err:
+                raise TransportError("upgrade", err.strerror or str(err)) from None
+            self.request = self.request[sent:]
+            if self.request:
+                self.wants = poller.OUT
+                return False
+        if self.upgrade:
+            while True:
+                try:
+                    data = self.sock.recv(65536)
+                except WOULD_BLOCK:
+                    self.wants = poller.IN
+                    return False
+                except OSError as err:
+                    raise TransportError("upgrade", err.strerror or str(err)) from None
+                if not data:
+                    raise TransportError("upgrade", "closed before the 101")
+                self.reply += data
+                end = self.reply.find(b"\r\n\r\n")
+                if end >= 0:
+                    why = ws.check_upgrade(bytes(self.reply[:end]), self.key)
+                    if why is not None:
+                        raise TransportError("upgrade", why)
+                    self.rest = bytes(self.reply[end + 4 :])
+                    self.upgrade = False
+                    break
+                if len(self.reply) > 16384:
+                    raise TransportError("upgrade", "no end to the server's reply")
+        return True
+
+
+class TransportError(Exception):
+    """The server refused the transport: `what` failed (a name for the counts), and why."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what} failed: {why}")
+        self.what = what
+
+
 def run_churn(plan: ChurnPlan, link: CoordinatorLink) -> None:
     """A churn process: connect and close, `in_flight` at a time (see the module notes)."""
     raise_nofile()
@@ -213,13 +310,22 @@ def run_churn(plan: ChurnPlan, link: CoordinatorLink) -> None:
     go, end = _wait_go(link, poller)
     family, sockaddr = plan.address
     reset = plan.close == "reset"
-    pending: dict[int, tuple[socket.socket, int]] = {}
+    tls = client_tls(plan.tls_ca) if plan.tls else None
+    layered = tls is not None or plan.proto == "ws"
+    # fd -> (socket, when its connect started, its transport once TCP is up)
+    pending: dict[int, tuple[socket.socket, int, Transport | None]] = {}
     failed: Counter[str] = Counter()
     timeout_ns = int(CONNECT_TIMEOUT_S * 1e9)
     _sleep_until(go)
     cpu0 = self_cpu_ns()
     res.first_ns = time.monotonic_ns()
     next_sweep = 0
+
+    def done(fd: int, sock: socket.socket) -> None:
+        del pending[fd]
+        poller.unregister(fd)
+        sock.close()
+
     try:
         while not link.aborted:
             now = time.monotonic_ns()
@@ -232,8 +338,8 @@ def run_churn(plan: ChurnPlan, link: CoordinatorLink) -> None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
                 res.attempted += 1
                 err = sock.connect_ex(sockaddr)
-                if err == errno.EINPROGRESS:
-                    pending[sock.fileno()] = (sock, now)
+                if err == errno.EINPROGRESS or (err == 0 and layered):
+                    pending[sock.fileno()] = (sock, now, None)
                     poller.register(sock.fileno(), poller.OUT)
                     continue
                 if err == 0:
@@ -250,25 +356,38 @@ def run_churn(plan: ChurnPlan, link: CoordinatorLink) -> None:
                 if fd == link.fileno():
                     link.read()
                     continue
-                sock, _ = pending.pop(fd)
-                poller.unregister(fd)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    failed[errno.errorcode.get(err, str(err))] += 1
-                else:
-                    res.completed += 1
-                    res.last_ns = time.monotonic_ns()
-                sock.close()
+                sock, started, transport = pending[fd]
+                if transport is None:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        failed[errno.errorcode.get(err, str(err))] += 1
+                        done(fd, sock)
+                        continue
+                    if layered:
+                        transport = Transport(sock, plan, tls)
+                        sock = transport.sock
+                        pending[fd] = (sock, started, transport)
+                if transport is not None:
+                    try:
+                        up = transport.step(poller)
+                    except TransportError as err:
+                        failed[err.what] += 1
+                        done(fd, sock)
+                        continue
+                    if not up:
+                        poller.modify(fd, transport.wants)
+                        continue
+                res.completed += 1
+                res.last_ns = time.monotonic_ns()
+                done(fd, sock)
             if now >= next_sweep:  # give up connects the server never answered
                 next_sweep = now + 100_000_000
-                for fd, (sock, started) in list(pending.items()):
+                for fd, (sock, started, _) in list(pending.items()):
                     if now - started > timeout_ns:
-                        del pending[fd]
-                        poller.unregister(fd)
-                        sock.close()
+                        done(fd, sock)
                         failed["timed out"] += 1
     finally:
-        for sock, _ in pending.values():
+        for sock, _, _ in pending.values():
             sock.close()
         poller.close()
     res.failed = dict(failed)
@@ -280,19 +399,23 @@ def run_churn(plan: ChurnPlan, link: CoordinatorLink) -> None:
 
 
 class Newcomer:
-    """One well-behaved client joining: connect, then wait for a broadcast line."""
+    """One well-behaved client joining: connect (TLS, upgrade), then wait for a broadcast line."""
 
-    def __init__(self, plan: ChurnPlan, poller: Poller, number: int) -> None:
+    def __init__(
+        self, plan: ChurnPlan, poller: Poller, number: int, tls: ssl.SSLContext | None
+    ) -> None:
         self.plan = plan
         self.poller = poller
+        self.tls = tls
         self.wire = make_wire(plan.proto, plan.line_size)
         self.which = f"newcomer {number}"
         self.sock = socket.socket(plan.address[0], socket.SOCK_STREAM)
         self.sock.setblocking(False)
         self.start = time.monotonic_ns()
-        self.connected = 0  # when the handshake completed (0: not yet)
-        self.buf = bytearray()
-        self.resp = RespReader() if self.wire.subscribe else None
+        self.connected = 0  # when the transport was up (0: not yet)
+        self.transport: Transport | None = None
+        self.reader = self.wire.reader()
+        self.heard = False  # something arrived (a refusal comes first)
         err = self.sock.connect_ex(plan.address[1])
         if err not in (0, errno.EINPROGRESS):
             self.sock.close()
@@ -300,53 +423,56 @@ class Newcomer:
         self.fd = self.sock.fileno()
         poller.register(self.fd, poller.OUT)
 
-    def on_writable(self) -> None:
-        """The connect finished (or failed: OSError)."""
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
-        self.connected = time.monotonic_ns()
-        if self.wire.subscribe:
-            self.sock.sendall(self.wire.subscribe)
-        self.poller.modify(self.fd, self.poller.IN)
+    def on_event(self) -> bool:
+        """The connect finished (OSError if it failed), the transport moved on, or data came.
 
-    def on_readable(self) -> bool:
-        """Read; True once a well-formed broadcast line arrived.  BenchError if refused."""
+        True once a well-formed broadcast line arrived; BenchError if refused.
+        """
+        if not self.connected:
+            if self.transport is None:
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
+                self.transport = Transport(self.sock, self.plan, self.tls)
+                self.sock = self.transport.sock
+            try:
+                up = self.transport.step(self.poller)
+            except TransportError as err:
+                raise BenchError(f"{self.which} to {self.plan.where}: {err}") from None
+            if not up:
+                self.poller.modify(self.fd, self.transport.wants)
+                return False
+            self.connected = time.monotonic_ns()
+            if self.wire.subscribe:
+                self.sock.sendall(self.wire.subscribe)
+            self.poller.modify(self.fd, self.poller.IN)
+            if not self.transport.rest:
+                return False
+            return self._got(self.transport.rest)
         try:
             data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return False
         except OSError:
             data = b""
-        if not data or not self.buf:
+        return self._got(data)
+
+    def _got(self, data: bytes) -> bool:
+        if not data or not self.heard:
             refused = refusal(data, self.which)
             if refused is not None:
                 raise BenchError(refused)
-        self.buf += data
-        if self.resp is None:
-            nl = self.buf.find(b"\n")
-            if nl < 0:
-                return False
-            line = bytes(self.buf[: nl + 1])
-        else:
-            self.resp.feed(bytes(self.buf))
-            self.buf = bytearray(b"-")  # not empty: a refusal can only come first
-            while True:
-                try:
-                    item = self.resp.next()
-                except ValueError as err:
-                    raise BenchError(f"{self.which} got bytes that are not RESP: {err}") from None
-                if item is RespReader.NEED_MORE:
-                    return False
-                if isinstance(item, list) and len(item) == 3 and item[0] == b"message":
-                    line = bytes(item[2]) + b"\n"
-                    break
-        if parse_line(line, self.plan.line_size) is None:
-            raise BenchError(
-                f"{self.which} got a line that is not a beacon line: {line[:80]!r};"
-                " is something else publishing on the server?"
-            )
-        return True
+        self.heard = True
+        for line in self.reader.feed(data):
+            if line is None:
+                continue  # not a message: a subscribe acknowledgement, a control frame
+            if parse_line(line, self.plan.line_size) is None:
+                raise BenchError(
+                    f"{self.which} got a line that is not a beacon line: {line[:80]!r};"
+                    " is something else publishing on the server?"
+                )
+            return True
+        return False
 
     def close(self) -> None:
         self.poller.unregister(self.fd)
@@ -354,21 +480,17 @@ class Newcomer:
 
 
 class Beacon:
-    """The connection whose lines the newcomers wait for."""
+    """The connection whose lines the newcomers wait for (TLS, WebSocket: as they are)."""
 
-    def __init__(self, plan: ChurnPlan, timeout: float) -> None:
+    def __init__(self, plan: ChurnPlan, tls: ssl.SSLContext | None) -> None:
         self.plan = plan
         self.wire = make_wire(plan.proto, plan.line_size)
-        self.sock = socket.socket(plan.address[0], socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+        host, port = plan.host, int(plan.address[1][1])
         try:
-            self.sock.connect(plan.address[1])
-        except OSError as err:
-            self.sock.close()
-            raise BenchError(
-                f"the beacon connection to {plan.where} failed: {err.strerror or err}"
-            ) from None
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            probe = Probe.open(host, port, plan.setup_timeout, self.wire, tls)
+        except BenchError as err:
+            raise BenchError(f"the beacon connection: {err}") from None
+        self.sock = probe.sock
         self.sock.setblocking(False)
         self.seq = 0
 
@@ -377,7 +499,7 @@ class Beacon:
         self.seq += 1
         try:
             self.sock.send(self.wire.publish_one(line))
-        except BlockingIOError:
+        except WOULD_BLOCK:
             pass  # the server is not reading: the newcomer will time out
         except OSError as err:
             raise BenchError(
@@ -389,7 +511,7 @@ class Beacon:
         while True:
             try:
                 data = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
+            except WOULD_BLOCK:
                 return
             except OSError:
                 data = b""
@@ -403,7 +525,8 @@ def run_newcomers(plan: ChurnPlan, link: CoordinatorLink) -> None:
     precise_timers()
     poller = Poller()
     poller.register(link.fileno(), poller.IN)
-    beacon = Beacon(plan, plan.setup_timeout)
+    tls = client_tls(plan.tls_ca) if plan.tls else None
+    beacon = Beacon(plan, tls)
     poller.register(beacon.sock.fileno(), poller.IN)
     res = ChurnResult(plan.index)
     connect_hist, first_hist = LatencyHistogram(), LatencyHistogram()
@@ -412,7 +535,7 @@ def run_newcomers(plan: ChurnPlan, link: CoordinatorLink) -> None:
         """One newcomer from connect to its first line, or a failure (BenchError)."""
         res.newcomers += record
         try:
-            nc = Newcomer(plan, poller, res.newcomers)
+            nc = Newcomer(plan, poller, res.newcomers, tls)
         except OSError as err:
             raise BenchError(
                 f"newcomer {res.newcomers} cannot connect to {plan.where}: {err.strerror}"
@@ -438,21 +561,23 @@ def run_newcomers(plan: ChurnPlan, link: CoordinatorLink) -> None:
                             raise BenchError("aborted by the coordinator")
                     elif fd == beacon.sock.fileno():
                         beacon.drain()
-                    elif not nc.connected:
+                    else:
+                        was_connected = nc.connected
                         try:
-                            nc.on_writable()
+                            got = nc.on_event()
                         except OSError as err:
                             raise BenchError(
                                 f"{nc.which} cannot connect to {plan.where}: {err.strerror}"
                             ) from None
-                        if record:
-                            connect_hist.add((nc.connected - nc.start) // 1000)
-                        next_beacon = 0
-                    elif nc.on_readable():
-                        if record:
-                            first_hist.add((time.monotonic_ns() - nc.start) // 1000)
-                            res.joined += 1
-                        return
+                        if nc.connected and not was_connected:
+                            if record:
+                                connect_hist.add((nc.connected - nc.start) // 1000)
+                            next_beacon = 0
+                        if got:
+                            if record:
+                                first_hist.add((time.monotonic_ns() - nc.start) // 1000)
+                                res.joined += 1
+                            return
         finally:
             nc.close()
 
@@ -506,7 +631,7 @@ def run_connect(cfg: ChurnConfig) -> dict[str, Any]:
     raise_nofile()
     probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout))
     address = probe.address
-    probe.close()  # it found the address; the beacon and newcomers prove the rest
+    probe.close()  # it found the address; the beacon and newcomers prove the rest (TLS too)
     where = show_address(cfg.host, cfg.port)
     per_process = max(1, cfg.max_connects // cfg.workers)
     plans = [
@@ -524,15 +649,21 @@ def run_connect(cfg: ChurnConfig) -> dict[str, Any]:
             beacon_ns=int(cfg.beacon_ms * 1e6),
             newcomer_timeout_ns=int(cfg.newcomer_timeout * 1e9),
             setup_timeout=cfg.setup_timeout,
+            host=cfg.host,
+            tls=cfg.tls,
+            tls_ca=cfg.tls_ca,
         )
         for i in range(cfg.workers + 1)
     ]
     pool = WorkerPool()
-    pid = cfg.server_pid
+    pids = cfg.server_pids
     peak = [0]
 
+    def sample() -> Sample | None:
+        return sample_all(pids) if pids else None
+
     def tick() -> None:
-        s = sample(pid) if pid else None
+        s = sample()
         if s is not None:
             peak[0] = max(peak[0], s.rss_kib)
 
@@ -545,7 +676,7 @@ def run_connect(cfg: ChurnConfig) -> dict[str, Any]:
             time.monotonic() + cfg.setup_timeout + 5,
             f"the set-up did not finish within {cfg.setup_timeout:g} s (--setup-timeout)",
         )
-        before = sample(pid) if pid else None
+        before = sample()
         go = time.monotonic_ns() + GO_DELAY_NS
         end = go + int(cfg.duration * 1e9)
         pool.broadcast("go", go, end)
@@ -557,7 +688,7 @@ def run_connect(cfg: ChurnConfig) -> dict[str, Any]:
                 "not every generator process reported its result",
             )
         ]
-        after = sample(pid) if pid else None
+        after = sample()
     finally:
         pool.stop()
     return summarize(
@@ -605,7 +736,7 @@ def summarize(
     busiest = max((r.cpu_ns / 1e9 / span for r in churners), default=0.0) if span else 0.0
     s: dict[str, Any] = {
         "scenario": "connect",
-        "proto": cfg.proto,
+        "proto": cfg.proto + ("+tls" if cfg.tls else ""),
         "server": show_address(cfg.host, cfg.port),
         "params": {
             "workers": cfg.workers,

@@ -10,10 +10,20 @@ measured line is sent before every receiver proved it is registered:
    into SYN retries), each non-blocking with TCP_NODELAY.
 2. Redis: every subscriber sends SUBSCRIBE and waits for the
    acknowledgement (phase SUBSCRIBED).  WebSocket: every connection sends
-   its upgrade request and waits for the `101` (phase SUBSCRIBED).
+   its upgrade request and waits for the `101` (phase SUBSCRIBED).  Chat
+   mode: every connection waits for the server's greeting, then joins its
+   room (`/join #rK`, with `--rooms`) and, if it publishes, takes the nick
+   its lines are checked against (`/nick b00001`), and waits for both
+   replies (`ChatSetup`; phase SUBSCRIBED).
 3. The coordinator's probe sends a sync line (a nonce, never a valid data
    line); `Connector.wait_handshake` reads until every receiver got it
    (phase RUNNING).  Whatever follows the sync line is measured data.
+   (Chat mode: notices and a room's history before it are skipped.)
+
+Silent connections keep the guest nick the server gave them: only a
+sender's nick is ever checked, and a nick change is announced to the whole
+room whatever its size (10,000 silent clients renaming themselves in one
+room would cost the server 10^8 notices before the first measured line).
 
 A server may refuse a connection (rat: `ERR server full` and a close) or
 close it right after accepting; that is reported as a refusal with the
@@ -34,11 +44,11 @@ from ratbench import ws
 from ratbench.check import LatencyHistogram
 from ratbench.errors import BenchError, refusal
 from ratbench.pipe import CoordinatorLink
-from ratbench.plan import WorkerPlan
+from ratbench.plan import ClientPlan, WorkerPlan, room_name
 from ratbench.poller import WOULD_BLOCK, Poller, client_tls, now_us
 from ratbench.publish import Publisher
 from ratbench.receive import RUNNING, SUBSCRIBED, Receiver
-from ratbench.wire import RespReader, Wire, sync_line
+from ratbench.wire import NOTICE, RespReader, Wire, chat_nick, sync_line
 
 MAX_CONNECTING = 128  # connects in flight at once (stays under listen backlogs)
 
@@ -59,14 +69,6 @@ class Connections:
                 sock.close()
             except OSError:
                 pass
-
-
-def server_address(plan: WorkerPlan) -> tuple[int, tuple[object, ...]]:
-    """`(family, sockaddr)` to connect to: the coordinator's choice, or host:port as IPv4."""
-    if plan.address is not None:
-        family, sockaddr = plan.address
-        return family, tuple(sockaddr)
-    return socket.AF_INET, (plan.host, plan.port)
 
 
 def show_address(host: str, port: int) -> str:
@@ -90,93 +92,121 @@ class Connector:
     ) -> None:
         self.plan = plan
         self.wire = wire
-        self.ws_wire = ws_wire  # --ws-fraction: the clients marked in plan.ws_clients
+        self.ws_wire = ws_wire  # --ws-fraction: the clients marked `ws` in the plan
         self.poller = poller
         self.link = link
         self.conns = conns
         self.rview = rbuf
-        self.where = show_address(plan.host, plan.port)
+        self.where = plan.wheres[0]
         self.number: dict[int, int] = {}  # fd -> connection number (1-based, this worker)
+        self.node_of: dict[int, int] = {}  # fd -> server node
         self.total = 0
         self.upgrading: dict[int, tuple[bytes, bytearray]] = {}  # WebSocket: fd -> key, reply
+        self.chatting: dict[int, ChatSetup] = {}  # chat mode: fd -> its way in
+        self.heard: set[int] = set()  # fds that received something
+
+    def wanted(self) -> list[tuple[ClientPlan, str, Wire]]:
+        """Every connection to open: (client, role, wire), the reference subscribers first.
+
+        Role: "both", "pub", "sub" or "ref".  One reference per wire, room and
+        node in use: the first silent subscriber there (fanout), else a
+        connection of its own (chat; or a room whose publishers have no
+        subscriber in this worker, so that their window still closes).
+        """
+        plan = self.plan
+        wanted: list[tuple[ClientPlan, str, Wire]] = []
+        refs: set[tuple[int, int, int]] = set()
+        receiving: dict[tuple[int, int, int], tuple[ClientPlan, Wire]] = {}
+        publishing: dict[int, ClientPlan] = {}  # room -> a publisher in it
+        for client in plan.clients:
+            wire = self.ws_wire if client.ws and self.ws_wire is not None else self.wire
+            group = (id(wire), client.room, client.node)
+            if client.receives:
+                receiving.setdefault(group, (client, wire))
+            if client.publishes:
+                publishing.setdefault(client.room, client)
+            if plan.reference and client.receives and not client.publishes and group not in refs:
+                wanted.insert(0, (client, "ref", wire))
+                refs.add(group)
+            elif client.publishes and client.receives and wire.split_connections:
+                wanted += [(client, "pub", wire), (client, "sub", wire)]
+            elif client.publishes and client.receives:
+                wanted.append((client, "both", wire))
+            elif client.publishes:
+                wanted.append((client, "pub", wire))
+            else:
+                wanted.append((client, "sub", wire))
+        if plan.reference:
+            for group, (client, wire) in receiving.items():
+                if group not in refs:
+                    silent = ClientPlan(0, False, True, client.ws, client.room, client.node)
+                    wanted.insert(0, (silent, "ref", wire))
+                    refs.add(group)
+            for room, client in publishing.items():
+                if not any(r == room for _, r, _ in refs):
+                    silent = ClientPlan(0, False, True, False, room, client.node)
+                    wanted.insert(0, (silent, "ref", self.wire))
+                    refs.add((id(self.wire), room, client.node))
+        return wanted
 
     def connect_all(self) -> None:
-        """Open every connection of the plan (the reference subscriber first)."""
+        """Open every connection of the plan (the reference subscribers first)."""
         plan = self.plan
-        # (pubid, role, wire) role: "both", "pub", "sub", "ref"
-        wanted: list[tuple[int, str, Wire]] = []
-        # The reference is a silent subscriber: the first one of the plan if there
-        # is one (fanout), else a connection of its own (chat); one per wire.
-        refs: dict[int, bool] = {}
-        ws_clients = plan.ws_clients or [False] * len(plan.clients)
-        for (pubid, publishes, receives), on_ws in zip(plan.clients, ws_clients, strict=True):
-            wire = self.ws_wire if on_ws and self.ws_wire is not None else self.wire
-            if plan.reference and receives and not publishes and id(wire) not in refs:
-                wanted.insert(0, (pubid, "ref", wire))
-                refs[id(wire)] = True
-            elif publishes and receives and wire.split_connections:
-                wanted += [(pubid, "pub", wire), (pubid, "sub", wire)]
-            elif publishes and receives:
-                wanted.append((pubid, "both", wire))
-            elif publishes:
-                wanted.append((pubid, "pub", wire))
-            else:
-                wanted.append((pubid, "sub", wire))
-        if plan.reference:  # chat: a silent reference of its own for each wire in use
-            receiving = {id(w): w for _, role, w in wanted if role != "pub"}
-            for key, wire in receiving.items():
-                if key not in refs:
-                    wanted.insert(0, (0, "ref", wire))
+        wanted = self.wanted()
         self.total = len(wanted)
-        addresses = {id(self.wire): server_address(plan)}
+        addresses = {
+            (id(self.wire), node): (family, tuple(sockaddr))
+            for node, (family, sockaddr) in enumerate(plan.addresses)
+        }
         if self.ws_wire is not None and plan.ws_address is not None:
             family, sockaddr = plan.ws_address
-            addresses[id(self.ws_wire)] = (family, tuple(sockaddr))
+            addresses[(id(self.ws_wire), 0)] = (family, tuple(sockaddr))
         deadline = time.monotonic() + plan.connect_timeout
         tls = client_tls(plan.tls_ca) if plan.tls else None
-        connecting: dict[int, tuple[socket.socket, int, str, Wire]] = {}
+        connecting: dict[int, tuple[socket.socket, ClientPlan, str, Wire]] = {}
         shaking: set[int] = set()  # TLS handshakes under way
         todo = deque(wanted)
         sampled = 0
         while todo or connecting:
             while todo and len(connecting) < MAX_CONNECTING:
-                pubid, role, wire = todo.popleft()
-                family, sockaddr = addresses[id(wire)]
+                client, role, wire = todo.popleft()
+                family, sockaddr = addresses[(id(wire), client.node)]
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.conns.sockets.append(sock)
                 self.number[sock.fileno()] = len(self.conns.sockets)
+                self.node_of[sock.fileno()] = client.node
                 err = sock.connect_ex(sockaddr)
                 if err not in (0, errno.EINPROGRESS):
-                    raise BenchError(self._cannot_connect(err))
-                connecting[sock.fileno()] = (sock, pubid, role, wire)
+                    raise BenchError(self._cannot_connect(err, client.node))
+                connecting[sock.fileno()] = (sock, client, role, wire)
                 self.poller.register(sock.fileno(), self.poller.OUT)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError(
                     f"timed out after {plan.connect_timeout:g} s (--setup-timeout) connecting:"
                     f" {len(connecting) + len(todo)} of {len(wanted)} connections to"
-                    f" {self.where} not established"
+                    f" {', '.join(plan.wheres)} not established"
                 )
             for fd, _ in self.poller.poll(min(left, 0.5)):
                 if fd not in connecting:  # already connected (and has data): later
                     continue
-                sock, pubid, role, wire = connecting.pop(fd)
+                sock, client, role, wire = connecting.pop(fd)
                 if fd not in shaking:
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
-                        raise BenchError(self._cannot_connect(err))
+                        raise BenchError(self._cannot_connect(err, client.node))
                     if tls is not None:
                         sock = self._wrap(sock, tls)
                         shaking.add(fd)
                 if fd in shaking:
                     if not self._tls_handshake(sock):
-                        connecting[fd] = (sock, pubid, role, wire)
+                        connecting[fd] = (sock, client, role, wire)
                         continue
                     shaking.discard(fd)
                 timed = plan.latency_receivers < 0 or sampled < plan.latency_receivers
-                self._add(sock, pubid, role, timed, wire)
+                self._add(sock, client, role, timed, wire)
                 if role != "pub" and timed:
                     sampled += 1
 
@@ -207,17 +237,21 @@ class Connector:
             ) from None
         return True
 
-    def _cannot_connect(self, err: int) -> str:
+    def _cannot_connect(self, err: int, node: int = 0) -> str:
         hint = " (is the server running on that port?)" if err == errno.ECONNREFUSED else ""
-        return f"cannot connect to {self.where}: {os.strerror(err)}{hint}"
+        return f"cannot connect to {self.plan.wheres[node]}: {os.strerror(err)}{hint}"
 
-    def _add(self, sock: socket.socket, pubid: int, role: str, timed: bool, wire: Wire) -> None:
+    def _add(
+        self, sock: socket.socket, client: ClientPlan, role: str, timed: bool, wire: Wire
+    ) -> None:
         conns = self.conns
         fd = sock.fileno()
+        pubid = client.pubid
         rx: Receiver | None = None
         pub: Publisher | None = None
         if role in ("ref", "both", "sub"):
             rx = Receiver(sock, pubid, LatencyHistogram() if timed else None, wire)
+            rx.room, rx.node = client.room, client.node
             if not wire.handshake:
                 rx.phase = SUBSCRIBED  # nothing to wait for but the sync line
             if wire.subscribe:
@@ -236,8 +270,16 @@ class Connector:
         if wire.upgrade:
             key = ws.new_key()
             self.upgrading[fd] = (key, bytearray())
-            where = self.plan.ws_where if wire is self.ws_wire else self.where
+            where = self.plan.ws_where if wire is self.ws_wire else self.plan.wheres[client.node]
             sock.sendall(ws.upgrade_request(where, key))
+        if wire.chat:
+            self.chatting[fd] = ChatSetup(
+                wire,
+                sock.sendall,
+                self._which(fd),
+                nick=chat_nick(pubid) if role in ("both", "pub") else None,
+                room=room_name(client.room, self.plan.rooms) if self.plan.rooms > 1 else None,
+            )
         conns.by_fd[fd] = (rx, pub)
         self.poller.modify(fd, self.poller.IN)
 
@@ -260,9 +302,16 @@ class Connector:
         sync = sync_line(self.plan.sync_nonce, self.plan.line_size)
         if self.upgrading and want == SUBSCRIBED:
             what = "the WebSocket upgrade"
+        if self.chatting and want == SUBSCRIBED:
+            what = (
+                "the chat greeting and the replies to /join and /nick (is the server in"
+                " chat mode, rat serve --chat?)"
+            )
         while True:
             behind = sum(1 for r in receivers if r.phase < want)
-            if not behind and not (want == SUBSCRIBED and self.upgrading):
+            if want == SUBSCRIBED:
+                behind = max(behind, len(self.upgrading) + len(self.chatting))
+            if not behind:
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -288,7 +337,8 @@ class Connector:
                         f"{self._which(fd)} failed before {what}:"
                         f" {err.strerror or err} (the server reset it)"
                     ) from None
-                fresh = rx is None or (rx.phase < RUNNING and not rx.slow_buf)
+                fresh = fd not in self.heard  # a refusal comes first
+                self.heard.add(fd)
                 if not data or fresh:
                     refused = refusal(data, self._which(fd))
                     if refused is not None:
@@ -297,6 +347,14 @@ class Connector:
                     data = self._upgraded(fd, data)
                     if fd in self.upgrading:
                         continue
+                    if rx is not None and not rx.wire.chat:
+                        rx.phase = SUBSCRIBED
+                if fd in self.chatting:
+                    rest = self.chatting[fd].feed(data)
+                    if rest is None:
+                        continue
+                    del self.chatting[fd]
+                    data = rest
                     if rx is not None:
                         rx.phase = SUBSCRIBED
                 if rx is None:
@@ -326,6 +384,8 @@ class Connector:
 
     def _handshake(self, rx: Receiver, sync: bytes) -> bytes:
         """Consume the subscribe ack and the sync frame; return the bytes after them."""
+        if rx.wire.chat:
+            return self._chat_handshake(rx, rx.wire.received(sync))
         if rx.wire.upgrade:  # WebSocket: the sync message, as a fixed-size frame
             frame = rx.wire.received(sync)
             got = bytes(rx.slow_buf[: len(frame)])
@@ -333,6 +393,7 @@ class Connector:
                 raise BenchError(
                     "the server sent a message before the sync message; is something else"
                     f" publishing on it? (expected {frame[:26]!r}..., got {got[:80]!r})"
+                    + _chat_hint(got[2:])
                 )
             if len(got) < len(frame):
                 return b""
@@ -354,6 +415,7 @@ class Connector:
                 raise BenchError(
                     "the server sent a line before the sync line; is something else"
                     f" publishing on it? (expected {sync[:24]!r}..., got {line[:80]!r})"
+                    + _chat_hint(line)
                 )
             rx.phase = RUNNING
             rest = bytes(rx.slow_buf[nl + 1 :])
@@ -392,6 +454,107 @@ class Connector:
                 f" sent {item!r:.80}; is something else publishing on channel 'rat'?"
             )
 
+    def _chat_handshake(self, rx: Receiver, sync_frame: bytes) -> bytes:
+        """Chat mode: skip notices and history up to the sync frame; the bytes after it."""
+        buf = rx.slow_buf
+        pos = 0
+        while True:
+            got = rx.wire.next_frame(buf, pos)
+            if got is None:
+                del buf[:pos]
+                return b""
+            end, line = got
+            if buf[pos:end] == sync_frame:
+                rx.phase = RUNNING
+                rest = bytes(buf[end:])
+                rx.slow_buf = bytearray()
+                return rest
+            # notices, control frames; a room's history (messages from before)
+            if line is not None and not line.startswith((NOTICE, b"<")):
+                raise BenchError(
+                    "the server sent a line before the sync line; is something else"
+                    f" publishing on it? (expected {sync_frame[:24]!r}..., got {line[:80]!r})"
+                )
+            pos = end
+
+
+def _chat_hint(line: bytes) -> str:
+    """A hint for a line that looks like a chat server's greeting."""
+    if line.startswith(NOTICE):
+        return "; that looks like a chat server's greeting: give --chat"
+    return ""
+
+
+class ChatSetup:
+    """One connection's way into chat mode: the greeting, /join and /nick, their replies.
+
+    `feed(data)` takes what the server sent; once the greeting came and
+    every command was answered it returns the bytes after the last reply
+    (else None).  A refusal or an `ERR` answer is a `BenchError` that says
+    what was refused.
+    """
+
+    def __init__(
+        self,
+        wire: Wire,
+        send: Callable[[bytes], object],
+        which: str,
+        nick: bytes | None = None,
+        room: bytes | None = None,
+    ) -> None:
+        self.wire = wire
+        self.send = send
+        self.which = which
+        self.buf = bytearray()
+        self.greeted = False
+        # what each command is answered with (a line that starts so), and the command
+        self.waiting: dict[bytes, bytes] = {}
+        if room is not None:
+            self.waiting[b"* you joined %s (" % room] = b"/join " + room
+        if nick is not None:
+            self.waiting[b"* you are now %s\n" % nick] = b"/nick " + nick
+
+    def feed(self, data: bytes) -> bytes | None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        while self.waiting or not self.greeted:
+            got = self.wire.next_frame(buf, pos)
+            if got is None:
+                if len(buf) - pos > 65536:
+                    raise BenchError(f"{self.which}: the server sent 64 KiB without a newline")
+                del buf[:pos]
+                return None
+            pos, line = got
+            if line is None:
+                continue  # a control frame
+            if not self.greeted:
+                if not line.startswith(NOTICE):
+                    refused = refusal(line, self.which)
+                    raise BenchError(
+                        refused
+                        or f"{self.which} got {line[:80]!r} where a chat server greets with"
+                        " '* ...'; is the server in chat mode (rat serve --chat)?"
+                    )
+                self.greeted = True
+                commands = [command + b"\n" for command in self.waiting.values()]
+                if commands:
+                    self.send(self.wire.publish(commands))
+                continue
+            for reply in list(self.waiting):
+                if line.startswith(reply):
+                    del self.waiting[reply]
+            if line.startswith(b"ERR "):
+                refused = next(iter(self.waiting.values()), b"a command").decode()
+                hint = "; is another benchmark running on this server?" if b"taken" in line else ""
+                raise BenchError(
+                    f"{self.which}: the server answered {refused!r} with"
+                    f" {line.decode(errors='replace').strip()!r}{hint}"
+                )
+        rest = bytes(buf[pos:])
+        self.buf = bytearray()
+        return rest
+
 
 class Probe:
     """The coordinator's own connection: it sends the sync line (idle: and the broadcast).
@@ -417,7 +580,11 @@ class Probe:
         wire: Wire | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> Probe:
-        """Connect to the first address of `host` that answers (TLS, WebSocket: and shake)."""
+        """Connect to the first address of `host` that answers (TLS, WebSocket: and shake).
+
+        Chat mode: it also waits for the greeting and takes the nick of
+        publisher 0, so that its lines are relayed with a known prefix.
+        """
         where = show_address(host, port)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -446,6 +613,8 @@ class Probe:
             probe = cls(sock, where, (family, sockaddr))
             if wire is not None and wire.upgrade:
                 probe.upgrade()
+            if wire is not None and wire.chat:
+                probe.enter_chat(wire)
             sock.settimeout(None)  # blocking; `check` reads without blocking
             return probe
         hint = " (is the server running on that port?)" if "refused" in " ".join(failures) else ""
@@ -472,6 +641,29 @@ class Probe:
         if why is not None:
             self.sock.close()
             raise BenchError(f"the probe connection: {why}; is --port a WebSocket port (path /ws)?")
+        self.fresh = False
+
+    def enter_chat(self, wire: Wire) -> None:
+        """Chat mode: the greeting, then `/nick b00000` (blocking; the socket has a timeout)."""
+        setup = ChatSetup(wire, self.sock.sendall, "the probe connection", nick=chat_nick(0))
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise BenchError(refusal(data, "the probe connection") or "")
+                if setup.feed(data) is not None:
+                    break
+        except OSError as err:
+            self.sock.close()
+            raise BenchError(
+                f"the probe connection to {self.where} failed while entering chat mode:"
+                f" {err.strerror or err}"
+                + (
+                    " (is the server in chat mode, rat serve --chat?)"
+                    if "timed" in str(err)
+                    else ""
+                )
+            ) from None
         self.fresh = False
 
     def check(self) -> None:

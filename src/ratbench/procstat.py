@@ -103,6 +103,23 @@ def sample(pid: int) -> Sample | None:
     return Sample(at, cpu, rss, hwm, runqueue_wait_ns(pid), user, system)
 
 
+def sample_all(pids: list[int]) -> Sample | None:
+    """One reading of several processes (a cluster's nodes) added up; None if one is gone."""
+    samples = [sample(pid) for pid in pids]
+    if not samples or any(s is None for s in samples):
+        return None
+    got = [s for s in samples if s is not None]
+    return Sample(
+        got[0].at_ns,
+        sum(s.cpu_ns for s in got),
+        sum(s.rss_kib for s in got),
+        sum(s.hwm_kib for s in got),
+        sum(s.wait_ns for s in got),
+        sum(s.user_ns for s in got),
+        sum(s.sys_ns for s in got),
+    )
+
+
 def cpu_pressure() -> float | None:
     """The machine's CPU pressure (PSI "some" avg10, percent), or None if unknown."""
     try:

@@ -25,6 +25,26 @@ the same lines.
 A server without one global order is still checked correctly, only slowly:
 its receivers all end up on the slow path.
 
+Rooms and nodes
+---------------
+The order that the fast path relies on is one room's (chat mode, `--rooms`)
+on one server (several servers of one cluster, each with its own order:
+the SPEC lets two senders on different nodes arrive in different orders on
+different nodes).  So there is one `Checker`, with a reference of its own,
+per room and node (and wire): the reference checks each publisher's
+sequence, which holds everywhere, and the receivers of its room on its
+node are compared with it.  If a server did not keep even that order, its
+receivers would fall back to the slow path, whose checks are per publisher:
+nothing it is allowed to do is ever counted as reordered.
+
+Notices
+-------
+In chat mode the server sends lines of its own (`* alice joined #r1`).  A
+comparison or the reference's pattern fails on one; only then is the frame
+there asked whether it is one (`Wire.skippable`), and if so it is cut out
+of the pending bytes and counted, and checking goes on.  WebSocket control
+frames (pings) are skipped the same way.
+
 Latency
 -------
 Every line of the *timed* receivers is timed (all receivers unless that
@@ -45,10 +65,11 @@ import socket
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
+from collections.abc import Callable
 
 from ratbench.check import LatencyHistogram, SeqTracker
 from ratbench.plan import WorkerResult
-from ratbench.wire import LineReader, RespReader, Wire, parse_line
+from ratbench.wire import NOTICE, LineReader, RespReader, Wire, parse_line
 
 TRIM_LINES = 65536  # reference lines consumed by all before trimming its buffer
 INFINITY = 1 << 62
@@ -73,6 +94,8 @@ class Receiver:
         "last_t",
         "malformed",
         "marks",
+        "node",
+        "notices",
         "own",
         "own_k",
         "pending",
@@ -81,6 +104,7 @@ class Receiver:
         "pubid",
         "reader",
         "resp",
+        "room",
         "skip_sync",
         "slow_buf",
         "sock",
@@ -109,7 +133,7 @@ class Receiver:
         self.g = 0  # next reference index this receiver expects
         self.own: array[int] | None = None  # reference indices of its own lines
         self.own_k = 0  # own lines skipped so far
-        self.marks: deque[tuple[int, int]] = deque()  # (frames complete, arrival us)
+        self.marks: deque[tuple[int, int]] = deque()  # (bytes received, arrival us)
         self.tracker = SeqTracker()
         self.slow_buf = bytearray()
         self.resp: RespReader | None = None  # Redis: the handshake's reader
@@ -118,6 +142,9 @@ class Receiver:
         self.malformed = 0
         self.echoed = 0
         self.last_t = 0
+        self.room = 0  # chat mode, --rooms: its room
+        self.node = 0  # several servers: the one it is connected to
+        self.notices = 0  # chat notices (and WebSocket control frames) skipped
 
 
 class Reference:
@@ -147,9 +174,22 @@ class Reference:
 class Checker:
     """Checks what every receiver of one worker gets (see the module notes)."""
 
-    def __init__(self, wire: Wire, result: WorkerResult, sync_frame: bytes) -> None:
+    def __init__(
+        self,
+        wire: Wire,
+        result: WorkerResult,
+        sync_frame: bytes,
+        *,
+        hears: Callable[[int], bool] | None = None,
+        node: int = 0,
+    ) -> None:
+        """`hears(pubid)`: do these receivers get that publisher's lines (its room)?"""
         self.wire = wire
         self.sync_frame = sync_frame  # the sync line as a receiver gets it
+        self.hears = hears or (lambda pubid: True)
+        self.node = node  # the server these receivers are connected to
+        self._published: dict[int, int] | None = None  # `heard`'s memo
+        self._heard: dict[int, int] = {}
         self.frame = wire.frame_size
         self.line_size = wire.line_size
         self.result = result
@@ -205,7 +245,7 @@ class Checker:
             rx.pending = rx.pending[rx.pos :] + data
         rx.pos = 0
         if rx.hist is not None:
-            rx.marks.append((rx.total // self.frame, t))
+            rx.marks.append((rx.total, t))
         if rx is self.ref_rx:
             self._reference(rx)
         else:
@@ -219,17 +259,25 @@ class Checker:
                 self._advance(r)
 
     def _strip_syncs(self, rx: Receiver, data: bytes) -> bytes:
-        """Drop repeated sync frames at the start of the measured stream.
+        """Drop repeated sync frames (and notices) at the start of the measured stream.
 
         The coordinator repeats the sync line until every worker saw one, so
-        a receiver may get a few more before the first measured line.
+        a receiver may get a few more before the first measured line (in
+        chat mode with notices of the probe moving between rooms).
         """
         buf = rx.sync_tail + data
         frame = self.sync_frame
-        while buf.startswith(frame):
-            buf = buf[len(frame) :]
-        if len(buf) < len(frame) and frame.startswith(buf):
-            rx.sync_tail = buf  # perhaps the start of another sync frame: wait
+        while True:
+            if buf.startswith(frame):
+                buf = buf[len(frame) :]
+                continue
+            skip = self.wire.skippable(buf, 0)
+            if skip <= 0:
+                break
+            buf = buf[skip:]
+            rx.notices += 1
+        if (len(buf) < len(frame) and frame.startswith(buf)) or skip < 0:
+            rx.sync_tail = buf  # perhaps the start of another sync frame (or notice): wait
             return b""
         rx.sync_tail = b""
         rx.skip_sync = False
@@ -237,12 +285,27 @@ class Checker:
 
     def _reference(self, rx: Receiver) -> None:
         """Check the reference receiver's new complete frames; extend the reference."""
+        while True:
+            bad = self._reference_run(rx)
+            if bad < 0:
+                return
+            cut = self.wire.skippable(rx.pending, bad)
+            if cut < 0:
+                return  # wait for the rest of what may be a notice
+            if cut == 0:  # an anomaly: the reference is complete only up to here
+                self.ref.clean = False
+                self._to_slow(rx)
+                return
+            self._cut(rx, bad, cut)
+
+    def _reference_run(self, rx: Receiver) -> int:
+        """Check and take the complete frames in order; where one fails, its offset (else -1)."""
         ref = self.ref
         frame = self.frame
         pending, pos = rx.pending, rx.pos
         n = (len(pending) - pos) // frame
         if n == 0:
-            return
+            return -1
         match = self.wire.frame_re.match
         counts = ref.counts
         own = ref.own
@@ -281,9 +344,23 @@ class Checker:
         if rx.hist is not None and good:
             self._latency(rx, g - good, good)
         rx.frames += good
-        if good < n:  # an anomaly: the reference is complete only up to here
-            ref.clean = False
-            self._to_slow(rx)
+        return rx.pos if good < n else -1
+
+    def _cut(self, rx: Receiver, at: int, length: int) -> None:
+        """Remove a notice of `length` bytes at offset `at` of `rx.pending`.
+
+        The arrival marks count bytes of the stream without notices: those
+        after the notice move back by its length.
+        """
+        pending = rx.pending
+        rx.pending = pending[:at] + pending[at + length :]
+        where = rx.total - (len(pending) - at)  # the notice's offset in the stream
+        rx.total -= length
+        if rx.marks and rx.marks[-1][0] > where:
+            rx.marks = deque(
+                (end if end <= where else max(where, end - length), t) for end, t in rx.marks
+            )
+        rx.notices += 1
 
     def _advance(self, rx: Receiver) -> None:
         """Fast path: match this receiver's complete frames against the reference."""
@@ -315,13 +392,39 @@ class Checker:
             with memoryview(rx.pending) as view:
                 same = data.startswith(view[rx.pos : rx.pos + nbytes], (g - ref.base) * frame)
             if not same:
-                self._to_slow(rx)
+                # Take the frames before the first that differs; is that one a notice?
+                n = self._matching(rx, g, n)
+                if n:
+                    self._take(rx, g, n)
+                    continue
+                cut = self.wire.skippable(rx.pending, rx.pos)
+                if cut > 0:
+                    self._cut(rx, rx.pos, cut)
+                    continue
+                if cut == 0:
+                    self._to_slow(rx)
                 return
-            if rx.hist is not None:
-                self._latency(rx, g, n)
-            rx.pos += nbytes
-            rx.g = end
-            rx.frames += n
+            self._take(rx, g, n)
+
+    def _take(self, rx: Receiver, g: int, n: int) -> None:
+        """`n` frames from reference index `g` arrived right: time them, move on."""
+        if rx.hist is not None:
+            self._latency(rx, g, n)
+        rx.pos += n * self.frame
+        rx.g = g + n
+        rx.frames += n
+
+    def _matching(self, rx: Receiver, g: int, n: int) -> int:
+        """How many of the next `n` frames match the reference (the slow way: a mismatch)."""
+        frame = self.frame
+        data = self.ref.data
+        base = (g - self.ref.base) * frame
+        pending, pos = rx.pending, rx.pos
+        for i in range(n):
+            at = i * frame
+            if data[base + at : base + at + frame] != pending[pos + at : pos + at + frame]:
+                return i
+        return n
 
     def _latency(self, rx: Receiver, g: int, n: int) -> None:
         """Time the `n` checked frames from reference index `g` using the arrival marks."""
@@ -331,8 +434,10 @@ class Checker:
         ref = self.ref
         send_us, run_start, run_us = ref.send_us, ref.run_start, ref.run_us
         i = rx.frames  # the receiver's frame count before these
+        frame = self.frame
         while n > 0 and marks:
             end_i, t = marks[0]
+            end_i //= frame  # frames complete at that arrival
             if end_i <= i:
                 marks.popleft()
                 continue
@@ -374,7 +479,14 @@ class Checker:
         lines = rx.reader.feed(data)
         size = self.line_size
         hist = rx.hist
-        for line in lines:
+        wire = self.wire
+        for relayed in lines:
+            line = relayed
+            if wire.chat and relayed is not None:
+                if relayed.startswith(NOTICE):
+                    rx.notices += 1
+                    continue
+                line = wire.unprefix(relayed)
             parsed = None if line is None else parse_line(line, size)
             if parsed is None:
                 rx.malformed += 1
@@ -399,43 +511,67 @@ class Checker:
 
     # -- the end -------------------------------------------------------------------
 
+    def heard(self, published: dict[int, int]) -> dict[int, int]:
+        """What was published that these receivers should get (their room's publishers).
+
+        Worked out once per `published` (the drain asks every few ms, for
+        every receiver; a run may have thousands of publishers).
+        """
+        if published is not self._published:
+            self._published = published
+            self._heard = {p: n for p, n in published.items() if self.hears(p)}
+        return self._heard
+
     def expected_lines(self, rx: Receiver, published: dict[int, int]) -> int:
-        """Lines `rx` should get: everything published, less its own (unless echoed)."""
+        """Lines `rx` should get: everything its room published, less its own (unless echoed)."""
         exclude = None if self.wire.echo else (rx.pubid or None)
-        return sum(n for p, n in published.items() if p != exclude)
+        return sum(n for p, n in self.heard(published).items() if p != exclude)
 
     def received_lines(self, rx: Receiver, published: dict[int, int]) -> int:
         """Distinct published lines this receiver got, checked (duplicates don't count)."""
         if rx.fast:
             return rx.g - rx.own_k
         exclude = None if self.wire.echo else (rx.pubid or None)
-        return sum(rx.tracker.received(p, n) for p, n in published.items() if p != exclude)
+        heard = self.heard(published)
+        return sum(rx.tracker.received(p, n) for p, n in heard.items() if p != exclude)
 
     def finish(self, published: dict[int, int]) -> None:
         """Settle every receiver and fill in the result."""
         for rx in self.receivers:
-            if rx.fast and rx is not self.ref_rx:
+            if not rx.fast:
+                continue
+            if rx is not self.ref_rx:
                 self._advance(rx)
-                if (len(rx.pending) - rx.pos) >= self.frame:
-                    self._to_slow(rx)
+            while (cut := self.wire.skippable(rx.pending, rx.pos)) > 0:
+                self._cut(rx, rx.pos, cut)  # notices shorter than a frame, at the end
+            if rx is not self.ref_rx and (len(rx.pending) - rx.pos) >= self.frame:
+                self._to_slow(rx)
         res = self.result
+        heard = self.heard(published)
+        node = self.node
         for rx in self.receivers:
             exclude = None if self.wire.echo else (rx.pubid or None)
             expected = self.expected_lines(rx, published)
             res.expected += expected
             if rx.fast:
                 got = rx.g - rx.own_k
-                res.delivered += got
-                res.lost += max(0, expected - got)
+                lost = max(0, expected - got)
             else:
                 tr = rx.tracker
-                res.delivered += tr.lines
-                res.lost += tr.lost(published, exclude)
+                got = tr.lines
+                lost = tr.lost(heard, exclude)
                 res.reordered += tr.reordered
                 res.duplicated += tr.duplicated
-                res.unexpected += tr.unexpected(published)
+                res.unexpected += tr.unexpected(heard)
                 res.malformed += rx.malformed
                 res.echoed += rx.echoed
+            res.delivered += got
+            res.lost += lost
+            res.notices += rx.notices + (rx.reader.skipped if rx.reader is not None else 0)
+            res.node_delivered[node] = res.node_delivered.get(node, 0) + got
+            res.node_lost[node] = res.node_lost.get(node, 0) + lost
             if rx.hist is not None:
+                by_node = res.node_latency.setdefault(node, {})
                 for value, count in rx.hist.counts.items():
                     res.latency[value] = res.latency.get(value, 0) + count
+                    by_node[value] = by_node.get(value, 0) + count

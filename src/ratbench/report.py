@@ -40,10 +40,21 @@ def format_table(s: dict[str, Any]) -> str:
     delivered = f"{s['delivered']:,} of {s['expected']:,} lines"
     if not idle:
         delivered += f", {s['delivered_per_s']:,.0f} lines/s"
+    if s.get("delivered_to_publishers"):
+        delivered += (
+            f"; and about {s['delivered_to_publishers']:,} to the publishers"
+            " (every line goes to every other client; not checked)"
+        )
+    if s.get("notices"):
+        delivered += f"; {s['notices']:,} frames without a line skipped (notices '* ...', pings)"
+    if p.get("rooms", 1) > 1:
+        what += f", {p['rooms']} rooms"
+    servers = s.get("servers", [])
+    where = f"servers {', '.join(servers)}" if len(servers) > 1 else f"server {s['server']}"
     rows = [
         (
             "run",
-            f"{s['scenario']}: {what}; {p['line_size']}-byte lines; server {s['server']}"
+            f"{s['scenario']}: {what}; {p['line_size']}-byte lines; {where}"
             f" ({s['proto']}); {s['connections']} connections",
         ),
         (
@@ -65,6 +76,16 @@ def format_table(s: dict[str, Any]) -> str:
             f"  disconnected {s['disconnected']:,}",
         ),
     ]
+    for node in s.get("nodes", []):
+        lat_n = node["latency_us"]
+        rows.append(
+            (
+                "node",
+                f"{node['server']}: {node['delivered']:,} lines to its receivers, lost"
+                f" {node['lost']:,}; latency p50 {_us(lat_n['p50'])}  p99 {_us(lat_n['p99'])}"
+                f"  max {_us(lat_n['max'])}",
+            )
+        )
     sched = s.get("schedule")
     if sched:
         late = sched["lateness_us"]

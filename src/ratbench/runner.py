@@ -35,9 +35,9 @@ from ratbench.check import LatencyHistogram
 from ratbench.connect import Probe, show_address
 from ratbench.errors import BenchError
 from ratbench.pipe import WorkerPool
-from ratbench.plan import Target, WorkerPlan, WorkerResult
+from ratbench.plan import ClientPlan, Target, WorkerPlan, WorkerResult, place, room_name
 from ratbench.poller import client_tls, raise_nofile
-from ratbench.procstat import Sample, cpu_pressure, sample, self_cpu_ns
+from ratbench.procstat import Sample, cpu_pressure, sample_all, self_cpu_ns
 from ratbench.wire import encode_line, make_wire, sync_line
 from ratbench.worker import worker_main
 
@@ -65,6 +65,8 @@ class Config(Target):
     ws_port: int | None = None
     tls: bool = False  # wrap every connection in TLS (verify with tls_ca, if given)
     tls_ca: str | None = None
+    chat: bool = False  # the server is in chat mode (rat serve --chat)
+    rooms: int = 1  # chat mode: clients spread over this many rooms
 
 
 @dataclass
@@ -94,7 +96,7 @@ class Outcome:
 class Coordinator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.wire = make_wire(cfg.proto, cfg.line_size)
+        self.wire = make_wire(cfg.proto, cfg.line_size, cfg.chat)
         self.pool = WorkerPool()
         self.pool.on_tick = self.tick
         self.outcome = Outcome(cfg)
@@ -103,57 +105,73 @@ class Coordinator:
 
     # -- planning --------------------------------------------------------------
 
+    def clients(self, nodes: int) -> list[ClientPlan]:
+        """Every client of the run, placed in its room and on its server (`place`)."""
+        cfg = self.cfg
+        rooms = cfg.rooms
+
+        def client(i: int, pubid: int, publishes: bool, receives: bool) -> ClientPlan:
+            room, node = place(i, rooms, nodes)
+            return ClientPlan(pubid, publishes, receives, False, room, node)
+
+        if cfg.scenario == "chat":
+            clients = [client(i, i + 1, True, True) for i in range(cfg.clients)]
+        elif cfg.scenario == "fanout":
+            clients = [client(i, i + 1, True, False) for i in range(cfg.publishers)]
+            clients += [client(j, 0, False, True) for j in range(cfg.subscribers)]
+        else:
+            # The probe is one of the connections: it sends the final broadcast.
+            clients = [client(j, 0, False, True) for j in range(cfg.connections - 1)]
+        return [c._replace(ws=uses_ws(i, cfg.ws_fraction)) for i, c in enumerate(clients)]
+
     def plans(
         self,
         nonce: int,
-        address: tuple[int, Any] | None = None,
+        addresses: list[tuple[int, Any]],
         ws_address: tuple[int, Any] | None = None,
     ) -> list[WorkerPlan]:
         cfg = self.cfg
-        clients: list[tuple[int, bool, bool]]
+        clients = self.clients(len(addresses))
         rate = 0.0
         if cfg.scenario == "chat":
-            clients = [(i + 1, True, True) for i in range(cfg.clients)]
             rate = cfg.rate / cfg.clients
         elif cfg.scenario == "fanout":
-            clients = [(i + 1, True, False) for i in range(cfg.publishers)]
-            clients += [(0, False, True)] * cfg.subscribers
             rate = cfg.rate / cfg.publishers if cfg.rate > 0 else 0.0
-        else:
-            # The probe is one of the connections: it sends the final broadcast.
-            clients = [(0, False, True)] * (cfg.connections - 1)
-        publishers = sum(1 for c in clients if c[1])
+        publishers = sum(1 for c in clients if c.publishes)
         workers = max(1, min(cfg.workers, len(clients)))
-        shares: list[list[tuple[int, bool, bool]]] = [[] for _ in range(workers)]
-        on_ws: list[list[bool]] = [[] for _ in range(workers)]
+        shares: list[list[ClientPlan]] = [[] for _ in range(workers)]
         for i, c in enumerate(clients):
             shares[i % workers].append(c)
-            on_ws[i % workers].append(uses_ws(i, cfg.ws_fraction))
         per_pub = 10**9
         if cfg.max_lines > 0 and publishers:
             per_pub = max(1, cfg.max_lines // publishers)
         lat = cfg.latency_receivers
         if lat == -2:  # automatic: keep timed deliveries near 500k/s at most
-            receivers = sum(1 for c in clients if c[2]) + (1 if cfg.scenario == "chat" else 0)
             if cfg.scenario == "chat":
+                # each receiver gets its room's lines; the references too (one per room
+                # and server)
+                receivers = cfg.clients + cfg.rooms * len(addresses)
+                per_receiver = cfg.rate / cfg.rooms
                 # even: each timed line is a wake-up of its own, so fewer of them
                 budget = 50_000 if cfg.pattern == "even" else 500_000
-                lat = -1 if cfg.rate * receivers <= budget else max(8, int(budget / cfg.rate))
+                lat = (
+                    -1 if per_receiver * receivers <= budget else max(8, int(budget / per_receiver))
+                )
             elif cfg.scenario == "fanout":
                 lat = 8
             else:
                 lat = -1
         per_worker = lat if lat < 0 else max(1, math.ceil(lat / workers))
+        wheres = [show_address(host, port) for host, port in cfg.servers]
         return [
             WorkerPlan(
                 index=i,
                 host=cfg.host,
-                port=cfg.port,
                 proto=cfg.proto,
                 line_size=cfg.line_size,
                 sync_nonce=nonce,
                 clients=share,
-                reference=cfg.scenario != "idle" and any(c[2] for c in share),
+                reference=cfg.scenario != "idle" and any(c.receives for c in share),
                 rate_per_publisher=rate,
                 window=cfg.window,
                 max_lines_per_publisher=per_pub,
@@ -162,15 +180,36 @@ class Coordinator:
                 connect_timeout=cfg.setup_timeout,
                 pattern=cfg.pattern,
                 publishers_total=max(1, publishers),
-                address=address,
-                ws_clients=on_ws[i] if cfg.ws_fraction > 0 else [],
+                addresses=addresses,
+                wheres=wheres,
                 ws_address=ws_address,
                 ws_where=show_address(cfg.host, cfg.ws_port or 0),
                 tls=cfg.tls,
                 tls_ca=cfg.tls_ca,
+                chat=cfg.chat,
+                rooms=cfg.rooms,
             )
             for i, share in enumerate(shares)
         ]
+
+    def in_every_room(self, line: bytes) -> bytes:
+        """What the probe sends to get `line` to everyone: chat mode, --rooms: in each room.
+
+        The probe joins each room in turn and says the line there (the
+        server takes a client's lines in order, so each reaches the room
+        the probe is in at that moment).
+        """
+        cfg = self.cfg
+        if not cfg.chat or cfg.rooms == 1:
+            return self.wire.publish([line])
+        lines = []
+        for room in range(cfg.rooms):
+            lines += [b"/join %s\n" % room_name(room, cfg.rooms), line]
+        return self.wire.publish(lines)
+
+    def server_sample(self) -> Sample | None:
+        """The server's CPU and memory now (several processes: added up); None: unknown."""
+        return sample_all(self.cfg.server_pids) if self.cfg.server_pids else None
 
     # -- progress ------------------------------------------------------------------
 
@@ -180,9 +219,8 @@ class Coordinator:
         if now < self.next_sample:
             return
         self.next_sample = now + 0.1
-        pid = self.cfg.server_pid
-        if pid:
-            s = sample(pid)
+        if self.cfg.server_pids:
+            s = self.server_sample()
             if s is not None:
                 self.outcome.server_peak_rss_kib = max(self.outcome.server_peak_rss_kib, s.rss_kib)
         progress = self.pool.progress
@@ -206,10 +244,11 @@ class Coordinator:
         if cfg.scenario == "idle":
             return f"{cfg.connections} connections, the probe included"
         if cfg.scenario == "chat":
-            refs = max(1, min(cfg.workers, cfg.clients))
+            groups = cfg.rooms * len(cfg.servers) * (2 if cfg.ws_fraction > 0 else 1)
+            refs = max(1, min(cfg.workers, cfg.clients)) * groups
             return (
                 f"{cfg.clients * pairs + refs + 1} connections: {cfg.clients} clients"
-                f"{' (2 each)' if pairs == 2 else ''}, {refs} reference subscriber(s)"
+                f"{' (2 each)' if pairs == 2 else ''}, about {refs} reference subscriber(s)"
                 " and the probe"
             )
         return f"{cfg.publishers + cfg.subscribers + 1} connections, the probe included"
@@ -219,8 +258,7 @@ class Coordinator:
         raise_nofile()
         cpu0 = self_cpu_ns()
         t_setup = time.monotonic()
-        pid = cfg.server_pid
-        out.server_before = sample(pid) if pid else None
+        out.server_before = self.server_sample()
         out.pressure_start = cpu_pressure()
         out.generator_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         nonce = random.randrange(1, 1 << 60)
@@ -229,13 +267,18 @@ class Coordinator:
         tls = client_tls(cfg.tls_ca) if cfg.tls else None
         sync_probe = Probe.open(cfg.host, cfg.port, min(10.0, cfg.setup_timeout), self.wire, tls)
         probe: Probe | None = sync_probe
+        addresses = [sync_probe.address]
         try:
+            for host, port in cfg.servers[1:]:  # where the others answer
+                other = Probe.open(host, port, min(10.0, cfg.setup_timeout), None, tls)
+                addresses.append(other.address)
+                other.close()
             ws_address = None
             if cfg.ws_fraction > 0:  # where the WebSocket clients go (a probe finds it)
                 ws_probe = Probe.open(cfg.host, cfg.ws_port or 0, 10.0, make_wire("ws", 64), tls)
                 ws_address = ws_probe.address
                 ws_probe.close()
-            plans = self.plans(nonce, sync_probe.address, ws_address)
+            plans = self.plans(nonce, addresses, ws_address)
             self.pool.start(worker_main, plans)
             setup_deadline = time.monotonic() + cfg.setup_timeout + 5
             ready = self.pool.gather(
@@ -246,7 +289,7 @@ class Coordinator:
                 repeat=sync_probe.check,
             )
             out.connections = sum(int(m[2]) for m in ready) + 1
-            sync = self.wire.publish([sync_line(nonce, cfg.line_size)])
+            sync = self.in_every_room(sync_line(nonce, cfg.line_size))
             sync_probe.send(sync)
             # Repeated until all have it: a server may register a connection late
             # (receivers drop the extra copies).
@@ -259,14 +302,14 @@ class Coordinator:
             )
             out.setup_s = time.monotonic() - t_setup
             if cfg.scenario == "idle":
-                out.server_connected = sample(pid) if pid else None
+                out.server_connected = self.server_sample()
                 self.pool.sleep(cfg.hold)
-                out.server_held = sample(pid) if pid else None
+                out.server_held = self.server_sample()
             elif not self.wire.split_connections:
                 # The probe would receive every line from now on: it leaves.
                 sync_probe.close()
                 probe = None
-            out.server_go = sample(pid) if pid else None
+            out.server_go = self.server_sample()
             out.go_ns = time.monotonic_ns() + GO_DELAY_NS
             end_ns = out.go_ns + int(cfg.duration * 1e9) if cfg.scenario != "idle" else out.go_ns
             self.pool.broadcast("go", out.go_ns, end_ns)
@@ -280,7 +323,7 @@ class Coordinator:
                 while time.monotonic_ns() < out.go_ns:
                     time.sleep(0.001)
                 stamp = time.monotonic_ns()
-                probe.send(self.wire.publish([encode_line(0, 0, stamp, cfg.line_size)]))
+                probe.send(self.in_every_room(encode_line(0, 0, stamp, cfg.line_size)))
                 out.last_tx_ns = stamp
                 published[0] = 1
             out.published = published
@@ -290,7 +333,7 @@ class Coordinator:
                 time.monotonic() + cfg.grace + cfg.setup_timeout + 10,
                 "not every generator process reported its result",
             )
-            out.server_end = sample(pid) if pid else None
+            out.server_end = self.server_sample()
             out.pressure_end = cpu_pressure()
             out.results = [m[2] for m in results]
             out.last_rx_ns = max((r.last_rx_ns for r in out.results), default=0)
@@ -343,6 +386,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "latency_receivers",
             "cpu_ns",
             "wait_ns",
+            "notices",
+            "drained",
         )
     }
     hist = LatencyHistogram()
@@ -354,6 +399,9 @@ def summarize(out: Outcome) -> dict[str, Any]:
         late.merge(r.lateness)
     late50, late99, late999, late_max = late.percentiles([0.5, 0.99, 0.999, 1.0])
     published = sum(out.published.values())
+    # Publish-only connections get the other publishers' lines (the protocol sends
+    # a line to everyone else): the server delivered those too.
+    drained = total["drained"] // max(1, make_wire(cfg.proto, cfg.line_size, cfg.chat).frame_size)
     tx_s = max(1e-9, (out.last_tx_ns - out.go_ns) / 1e9) if out.last_tx_ns else cfg.duration
     rx_s = max(1e-9, (out.last_rx_ns - out.go_ns) / 1e9) if out.last_rx_ns else 0.0
     wall_s = max(tx_s, rx_s)
@@ -372,14 +420,18 @@ def summarize(out: Outcome) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "scenario": cfg.scenario,
         "proto": (cfg.proto if cfg.ws_fraction == 0 else f"{cfg.proto}+ws")
-        + ("+tls" if cfg.tls else ""),
+        + ("+tls" if cfg.tls else "")
+        + ("+chat" if cfg.chat else ""),
         "server": show_address(cfg.host, cfg.port),
+        "servers": [show_address(host, port) for host, port in cfg.servers],
         "params": {
             "line_size": cfg.line_size,
             "duration_s": cfg.duration,
             "workers": len(res),
             "ws_fraction": cfg.ws_fraction,
             "ws_port": cfg.ws_port,
+            "chat": cfg.chat,
+            "rooms": cfg.rooms,
             **(
                 {"clients": cfg.clients, "rate": cfg.rate}
                 if cfg.scenario == "chat"
@@ -400,6 +452,7 @@ def summarize(out: Outcome) -> dict[str, Any]:
         "delivered": total["delivered"],
         "expected": total["expected"],
         "delivered_per_s": round(total["delivered"] / rx_s, 1) if rx_s else 0.0,
+        "delivered_to_publishers": drained,  # not checked; publish-only connections
         # what delivering every line as fast as it was published would give
         "expected_per_s": round(total["expected"] / tx_s, 1) if cfg.scenario != "idle" else None,
         "receive_window_s": round(rx_s, 4),
@@ -414,6 +467,7 @@ def summarize(out: Outcome) -> dict[str, Any]:
         "disconnected": total["disconnected"],
         "publisher_errors": total["publisher_errors"],
         "skipped_lines": total["skipped"],
+        "notices": total["notices"],
         "slow_path_receivers": total["slow_path_receivers"],
         "complete": all(r.complete for r in res),
         "generator": {
@@ -452,7 +506,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
             "sys_s": round((out.server_end.sys_ns - out.server_go.sys_ns) / 1e9, 3),
             "wait_s": round(wait_ns / 1e9, 4),
             "demand": round((cpu_ns + wait_ns) / 1e9 / wall_s, 3) if wall_s else None,
-            "ns_per_delivered": round(cpu_ns / total["delivered"], 1)
+            # per line the server delivered: checked, and to publish-only connections
+            "ns_per_delivered": round(cpu_ns / (total["delivered"] + drained), 1)
             if total["delivered"]
             else None,
             "rss_kib_before": base.rss_kib if base else None,
@@ -472,6 +527,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
             server["user_busy"] = round(server["user_s"] / wall_s, 3)
             server["sys_busy"] = round(server["sys_s"] / wall_s, 3)
         summary["server_metrics"] = server
+    if len(cfg.servers) > 1:
+        summary["nodes"] = node_figures(cfg, res)
     summary["anomalies"] = sum(
         summary[k] for k in ("lost", "reordered", "duplicated", "malformed", "echoed")
     )
@@ -512,6 +569,26 @@ def summarize(out: Outcome) -> dict[str, Any]:
         verdict.append("neither side saturated")
     summary["verdict"] = verdict
     return summary
+
+
+def node_figures(cfg: Config, res: list[WorkerResult]) -> list[dict[str, Any]]:
+    """Several servers: what the receivers on each got, and their latency."""
+    nodes = []
+    for node, (host, port) in enumerate(cfg.servers):
+        hist = LatencyHistogram()
+        for r in res:
+            hist.merge(r.node_latency.get(node, {}))
+        p50, p99, pmax = hist.percentiles([0.5, 0.99, 1.0])
+        nodes.append(
+            {
+                "server": show_address(host, port),
+                "delivered": sum(r.node_delivered.get(node, 0) for r in res),
+                "lost": sum(r.node_lost.get(node, 0) for r in res),
+                "latency_us": {"p50": p50, "p99": p99, "max": pmax},
+                "latency_samples": hist.total,
+            }
+        )
+    return nodes
 
 
 def _us_text(micros: int) -> str:

@@ -27,6 +27,16 @@ Two wire formats carry these lines:
   `message` push.  The push for a fixed-size payload is fixed-size too, so
   the same chunk-level checking works.
 - `WsWire` (`ratbench.ws`): WebSocket text messages, one line each.
+
+Chat mode (`--chat`, rat serve --chat): the server puts the sender's nick
+in front of every line it relays, `<b00001> ` for publisher 1 (the
+generator names every publisher `b` and its five-digit id, the probe
+`b00000`), and sends notices of its own, lines starting with `* `.  All
+nicks have the same length, so a relayed frame still has one fixed size,
+the prefix is part of what the fast path compares, and the reference's
+pattern checks that the nick in front names the publisher in the line.
+Notices carry no data: `Wire.skippable` finds them (and WebSocket control
+frames) where a comparison fails, and the receiver cuts them out.
 """
 
 from __future__ import annotations
@@ -43,6 +53,15 @@ MAX_SEQ = 10**SEQ_WIDTH - 1
 
 SYNC_MARK = b"#sync "  # a sync line starts with this; never a valid data line
 REDIS_CHANNEL = b"rat"
+NICK_WIDTH = 1 + PUBID_WIDTH  # b00001
+CHAT_PREFIX_SIZE = NICK_WIDTH + 3  # "<b00001> "
+NOTICE = b"* "  # chat mode: a line from the server itself (joins, leaves, replies)
+MAX_NOTICE = 4096  # a notice longer than this is not one (rat's are ~100 bytes)
+
+
+def chat_nick(pubid: int) -> bytes:
+    """The nick the generator gives publisher `pubid` in chat mode (the probe: 0)."""
+    return b"b%05d" % pubid
 
 
 def padding(size: int) -> bytes:
@@ -129,6 +148,7 @@ class LineReader:
 
     def __init__(self) -> None:
         self.buf = bytearray()
+        self.skipped = 0  # frames that carry no line (WebSocket pings), dropped
 
     def feed(self, data: bytes) -> list[bytes | None]:
         buf = self.buf
@@ -182,7 +202,8 @@ class Wire:
     a client's receiving connection also gets the lines it published (Redis
     pub/sub does; the rat protocol does not).  `split_connections` says
     whether a client that both publishes and receives needs two connections.
-    `subscribe` is sent once on every receiving connection.
+    `subscribe` is sent once on every receiving connection.  `chat`: the
+    server is in chat mode (see the module notes).
     """
 
     name = "abstract"
@@ -190,24 +211,23 @@ class Wire:
     split_connections = False
     subscribe = b""
     upgrade = False  # every connection starts with an HTTP upgrade (WebSocket)
+    control_frames = False  # the transport has frames that carry no line (WebSocket)
 
     @property
     def handshake(self) -> bool:
-        """Connections must finish a handshake (SUBSCRIBE, upgrade) before the sync line."""
-        return bool(self.subscribe) or self.upgrade
-
-    def received(self, line: bytes) -> bytes:
-        """The frame a receiver gets for `line`."""
-        return line
+        """Connections must finish a handshake (SUBSCRIBE, upgrade, chat) before the sync line."""
+        return bool(self.subscribe) or self.upgrade or self.chat
 
     def reader(self) -> LineReader:
         """A parser for the slow path."""
         return LineReader()
 
-    def __init__(self, line_size: int) -> None:
+    def __init__(self, line_size: int, chat: bool = False) -> None:
         padding(line_size)  # validates the size
         self.line_size = line_size
-        self.frame_size = line_size
+        self.chat = chat
+        self.prefix_size = CHAT_PREFIX_SIZE if chat else 0
+        self.frame_size = line_size + self.prefix_size
         self.frame_re = self._frame_pattern(b"", b"\n")
 
     def _frame_pattern(self, prefix: bytes, suffix: bytes) -> re.Pattern[bytes]:
@@ -215,13 +235,80 @@ class Wire:
 
         `pattern.match(buf, pos)` checks a frame in place, in C: the
         reference receiver's per-line check (see `parse_line` for the rules).
+        In chat mode the nick in front must name the line's publisher (the
+        backreference).
         """
+        publisher = rb"<b([0-9]{%d})> \1 " if self.chat else rb"([0-9]{%d}) "
         return re.compile(
             re.escape(prefix)
-            + rb"([0-9]{%d}) ([0-9]{%d}) ([0-9]{%d})" % (PUBID_WIDTH, SEQ_WIDTH, TIME_WIDTH)
+            + publisher % PUBID_WIDTH
+            + rb"([0-9]{%d}) ([0-9]{%d})" % (SEQ_WIDTH, TIME_WIDTH)
             + re.escape(padding(self.line_size))
             + re.escape(suffix)
         )
+
+    def shown(self, line: bytes, sender: int = 0) -> bytes:
+        """`line` as the server relays it: chat mode puts the sender's `<nick> ` first."""
+        return b"<%s> %s" % (chat_nick(sender), line) if self.chat else line
+
+    def received(self, line: bytes, sender: int = 0) -> bytes:
+        """The frame a receiver gets for `line` sent by publisher `sender`."""
+        return self.frame(self.shown(line, sender))
+
+    def frame(self, text: bytes) -> bytes:
+        """The frame that carries one relayed line (`text`, newline included)."""
+        raise NotImplementedError
+
+    def unprefix(self, line: bytes) -> bytes | None:
+        """A relayed line without its `<nick> ` (chat mode); None if that is not the sender's.
+
+        The slow path's counterpart of the frame pattern's backreference.
+        """
+        if not self.chat:
+            return line
+        head = line[:CHAT_PREFIX_SIZE]
+        nick = head[1 : 1 + NICK_WIDTH]
+        if (
+            head[:1] != b"<"
+            or head[-2:] != b"> "
+            or nick[:1] != b"b"
+            or not nick[1:].isdigit()
+            or line[CHAT_PREFIX_SIZE : CHAT_PREFIX_SIZE + PUBID_WIDTH] != nick[1:]
+        ):
+            return None
+        return line[CHAT_PREFIX_SIZE:]
+
+    def next_frame(self, buf: bytes | bytearray, pos: int) -> tuple[int, bytes | None] | None:
+        """The frame at `pos`: (its end, its line with newline; None for a control frame).
+
+        None when the frame is not complete yet.  For the slow moments:
+        handshakes and notices.
+        """
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            return None
+        return nl + 1, bytes(buf[pos : nl + 1])
+
+    def skippable(self, buf: bytes | bytearray, pos: int) -> int:
+        """How many bytes at `pos` carry no data line (a chat notice, a control frame).
+
+        0: none (a data frame, or something wrong); -1: perhaps, once more
+        bytes arrive.  Called only where a comparison failed, so a run
+        without notices never pays for it.
+        """
+        if not (self.chat or self.control_frames):
+            return 0
+        got = self.next_frame(buf, pos)
+        if got is None:
+            return -1 if len(buf) - pos < MAX_NOTICE and self._could_skip(buf, pos) else 0
+        end, line = got
+        if line is None or (self.chat and line.startswith(NOTICE)):
+            return end - pos
+        return 0
+
+    def _could_skip(self, buf: bytes | bytearray, pos: int) -> bool:
+        """The incomplete frame at `pos` may turn out to be skippable."""
+        return self.chat and NOTICE.startswith(bytes(buf[pos : pos + 2]))
 
     def publish(self, lines: list[bytes]) -> bytes:
         """The bytes to send for these lines (each includes its newline)."""
@@ -241,6 +328,9 @@ class LineWire(Wire):
 
     name = "line"
 
+    def frame(self, text: bytes) -> bytes:
+        return text
+
     def publish(self, lines: list[bytes]) -> bytes:
         return b"".join(lines)
 
@@ -248,7 +338,7 @@ class LineWire(Wire):
         return line
 
     def payload_line(self, frame: bytes) -> bytes | None:
-        return frame
+        return self.unprefix(frame)
 
 
 class RedisWire(Wire):
@@ -268,8 +358,8 @@ class RedisWire(Wire):
         self.frame_re = self._frame_pattern(self.frame_prefix, b"\r\n")
         self._publish_prefix = b"*3\r\n" + _resp_bulk(b"PUBLISH") + _resp_bulk(channel)
 
-    def received(self, line: bytes) -> bytes:
-        return self.frame_prefix + line[:-1] + b"\r\n"
+    def frame(self, text: bytes) -> bytes:
+        return self.frame_prefix + text[:-1] + b"\r\n"
 
     def reader(self) -> LineReader:
         return RespLineReader()
@@ -289,16 +379,18 @@ class RedisWire(Wire):
         return frame[len(prefix) : -2] + b"\n"
 
 
-def make_wire(proto: str, line_size: int) -> Wire:
-    """The `Wire` for `--proto` (`line`, `redis` or `ws`)."""
+def make_wire(proto: str, line_size: int, chat: bool = False) -> Wire:
+    """The `Wire` for `--proto` (`line`, `redis` or `ws`), chat mode or not."""
     if proto == "line":
-        return LineWire(line_size)
+        return LineWire(line_size, chat)
     if proto == "redis":
+        if chat:
+            raise ValueError("Redis pub/sub has no chat mode")
         return RedisWire(line_size)
     if proto == "ws":
         from ratbench.ws import WsWire  # noqa: PLC0415 (ws builds on this module)
 
-        return WsWire(line_size)
+        return WsWire(line_size, chat)
     raise ValueError(f"unknown protocol {proto!r}")
 
 

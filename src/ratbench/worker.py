@@ -27,9 +27,10 @@ Costs that matter at millions of lines/s
   3 us per call).
 - Level-triggered epoll and one `recv` per ready socket per wake-up: when
   the generator falls behind, chunks grow and the per-line cost falls.
-- Only the timed receivers (and publish-only sockets) are watched by epoll
-  during the load.  The others are read on a timer, every `LAZY_NS`, each
-  until it has nothing more: with `--pattern even` every line reaches every
+- Only the timed receivers (and publish-only sockets) are watched by the
+  loop's epoll during the load.  The others are read on a timer, every
+  `LAZY_NS`, those with data (an epoll set of their own says which) until
+  each has nothing more: with `--pattern even` every line reaches every
   receiver on its own, and waking up for each would cost one `recv` per line
   per receiver (100 clients at 2,000 lines/s: 200,000 a second).  Their
   checking is exact all the same; only their arrival times would be late,
@@ -49,7 +50,7 @@ from typing import Any
 
 from ratbench.connect import Connections, Connector
 from ratbench.pipe import CoordinatorLink, worker_entry
-from ratbench.plan import WorkerPlan, WorkerResult
+from ratbench.plan import WorkerPlan, WorkerResult, room_of
 from ratbench.poller import WOULD_BLOCK, Poller, now_us, precise_timers, raise_nofile
 from ratbench.procstat import runqueue_wait_ns, self_cpu_ns
 from ratbench.publish import SPIN_NS, make_schedule
@@ -67,7 +68,7 @@ class Worker:
     def __init__(self, plan: WorkerPlan, link: CoordinatorLink) -> None:
         self.plan = plan
         self.link = link
-        self.wire: Wire = make_wire(plan.proto, plan.line_size)
+        self.wire: Wire = make_wire(plan.proto, plan.line_size, plan.chat)
         self.frame = self.wire.frame_size
         self.poller = Poller()
         self.conns = Connections()
@@ -76,12 +77,12 @@ class Worker:
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.result = WorkerResult(plan.index)
-        sync = sync_line(plan.sync_nonce, plan.line_size)
-        # One checker per wire (--ws-fraction: TCP and WebSocket), each with its reference.
-        self.ws_wire = make_wire("ws", plan.line_size) if any(plan.ws_clients) else None
-        wires = [self.wire] + ([self.ws_wire] if self.ws_wire is not None else [])
-        self.checkers = [Checker(w, self.result, w.received(sync)) for w in wires]
-        self.checker = self.checkers[0]
+        self.ws_wire = (
+            make_wire("ws", plan.line_size, plan.chat) if any(c.ws for c in plan.clients) else None
+        )
+        # One checker per wire (--ws-fraction: TCP and WebSocket), room and server,
+        # each with its reference (see ratbench.receive); made once connected.
+        self.checkers: list[Checker] = []
         self.schedule = make_schedule(
             plan,
             self.wire,
@@ -92,6 +93,7 @@ class Worker:
         )
         self.next_progress = 0
         self.lazy: list[Receiver] = []  # read on a timer (see the module notes)
+        self.lazy_poller = Poller()  # which of them have data (one poll per timer)
         self.next_lazy = 0
 
     def connect(self) -> None:
@@ -111,9 +113,7 @@ class Worker:
         receivers = self.conns.receivers
         self.result.latency_receivers = sum(1 for r in receivers if r.hist is not None)
         self.result.receivers = len(receivers)
-        for checker in self.checkers:
-            mine = [r for r in receivers if r.wire is checker.wire]
-            checker.attach(mine, plan.reference)
+        self.checkers = self.make_checkers(receivers)
         deadline = time.monotonic() + plan.connect_timeout
         if any(c.wire.handshake for c in self.checkers):
             connector.wait_handshake(SUBSCRIBED, deadline, self.on_data)
@@ -121,15 +121,37 @@ class Worker:
         connector.wait_handshake(RUNNING, deadline, self.on_data)
         self.link.send("synced")
 
+    def make_checkers(self, receivers: list[Receiver]) -> list[Checker]:
+        """A checker for each wire, room and node in use, given its receivers (reference first)."""
+        plan = self.plan
+        sync = sync_line(plan.sync_nonce, plan.line_size)
+        groups: dict[tuple[int, int, int], list[Receiver]] = {}
+        for rx in receivers:  # the references come first (ratbench.connect)
+            groups.setdefault((id(rx.wire), rx.room, rx.node), []).append(rx)
+        checkers = []
+        for mine in groups.values():
+            first = mine[0]
+            room = first.room
+
+            def hears(pubid: int, room: int = room) -> bool:
+                return room_of(pubid, plan.rooms) in (None, room)
+
+            checker = Checker(
+                first.wire, self.result, first.wire.received(sync), hears=hears, node=first.node
+            )
+            checker.attach(mine, plan.reference)
+            checkers.append(checker)
+        return checkers
+
     def on_data(self, rx: Receiver, data: bytes, t: int) -> None:
         """Bytes for `rx`, to the checker of its wire."""
         assert rx.checker is not None
         rx.checker.on_data(rx, data, t)
 
     def delivered_seq(self, pubid: int, fallback: int) -> int:
-        """Window mode: what a reference got in order (the first checker that has one)."""
+        """Window mode: what a reference in `pubid`'s room got in order (the first one)."""
         for checker in self.checkers:
-            if checker.ref_rx is not None:
+            if checker.ref_rx is not None and checker.hears(pubid):
                 return checker.delivered_seq(pubid, fallback)
         return fallback
 
@@ -200,6 +222,8 @@ class Worker:
                 if rx is not None and fd not in drains:
                     on_data(rx, rview[:n].tobytes(), t)
                     received = True
+                else:
+                    self.result.drained += n
             if received:
                 self.result.last_rx_ns = t * 1000
             for checker in self.checkers:
@@ -211,13 +235,20 @@ class Worker:
                     checker.trim()
 
     def _read_lazy(self) -> None:
-        """Read every receiver that is not watched by epoll until it has nothing more."""
+        """Read every receiver that is not watched by the main loop and has data, to the end.
+
+        One `epoll_wait` of their own says which have data: a thousand idle
+        sockets cost nothing, where a `recv` on each would cost a failed
+        system call (and an exception) each, 200 times a second.
+        """
         rview = self.rview
         on_data = self.on_data
+        by_fd = self.conns.by_fd
         t = now_us()
         got = False
-        for rx in self.lazy:
-            if rx.closed:
+        for fd, _ in self.lazy_poller.poll(0):
+            rx = by_fd[fd][0]
+            if rx is None or rx.closed:
                 continue
             while True:
                 try:
@@ -227,7 +258,7 @@ class Worker:
                 except OSError:
                     n = 0
                 if not n:
-                    self._closed(rx.sock.fileno())
+                    self._closed(fd)
                     break
                 on_data(rx, rview[:n].tobytes(), t)
                 got = True
@@ -246,6 +277,7 @@ class Worker:
                 continue
             fd = rx.sock.fileno()
             self.lazy.append(rx)
+            self.lazy_poller.register(fd, self.lazy_poller.IN)
             schedule.unwatched.add(fd)
             _, pub = self.conns.by_fd[fd]
             if pub is not None:
@@ -256,6 +288,7 @@ class Worker:
     def _closed(self, fd: int) -> None:
         rx, pub = self.conns.by_fd[fd]
         self.poller.unregister(fd)
+        self.lazy_poller.unregister(fd)
         if rx is not None and rx.checker is not None:
             rx.checker.closed(rx)
         if pub is not None and pub.alive:
@@ -278,8 +311,11 @@ class Worker:
 
     def drain(self, published: dict[int, int], grace_s: float) -> None:
         """Receive until every receiver has what was published, or the grace ends."""
-        receivers = self.conns.receivers
-        checker_of = {id(rx): rx.checker or self.checker for rx in receivers}
+        checker_of: dict[int, Checker] = {}
+        for rx in self.conns.receivers:
+            if rx.checker is not None:
+                checker_of[id(rx)] = rx.checker
+        receivers = [rx for rx in self.conns.receivers if id(rx) in checker_of]
         expected = {id(rx): checker_of[id(rx)].expected_lines(rx, published) for rx in receivers}
         waiting = set(receivers)
         next_check = 0
@@ -304,6 +340,7 @@ class Worker:
     def close(self) -> None:
         self.conns.close()
         self.poller.close()
+        self.lazy_poller.close()
 
 
 def run_worker(plan: WorkerPlan, link: CoordinatorLink) -> None:

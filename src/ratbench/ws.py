@@ -36,7 +36,7 @@ import base64
 import hashlib
 import os
 
-from ratbench.wire import LineReader, Wire
+from ratbench.wire import NOTICE, LineReader, Wire
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PATH = "/ws"
@@ -109,7 +109,7 @@ class WsReader(LineReader):
     """
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        super().__init__()
         self.message = bytearray()
 
     def feed(self, data: bytes) -> list[bytes | None]:
@@ -141,6 +141,7 @@ class WsReader(LineReader):
             if b1 & 0x80 or opcode == OP_CLOSE:
                 out.append(None)
             elif opcode in (OP_PING, OP_PONG):
+                self.skipped += 1
                 continue
             else:
                 self.message += payload
@@ -159,34 +160,85 @@ class WsWire(Wire):
 
     name = "ws"
     upgrade = True
+    control_frames = True
 
-    def __init__(self, line_size: int) -> None:
-        super().__init__(line_size)
-        payload = line_size - 1  # the newline is not sent: the message is the line
+    def __init__(self, line_size: int, chat: bool = False) -> None:
+        super().__init__(line_size, chat)
+        # The newline is not sent: the message is the line (with the nick, in chat mode).
+        payload = self.prefix_size + line_size - 1
         self.frame_prefix = frame_header(payload, masked=False)
         self.frame_size = len(self.frame_prefix) + payload
         self.frame_re = self._frame_pattern(self.frame_prefix, b"")
-        self._client_header = frame_header(payload, masked=True)
+        self._client_header = frame_header(line_size - 1, masked=True)
 
     def publish(self, lines: list[bytes]) -> bytes:
         keys = os.urandom(4 * len(lines))
         head = self._client_header
+        size = self.line_size
         return b"".join(
-            head + keys[4 * i : 4 * i + 4] + mask(line[:-1], keys[4 * i : 4 * i + 4])
+            (head if len(line) == size else frame_header(len(line) - 1, masked=True))
+            + keys[4 * i : 4 * i + 4]
+            + mask(line[:-1], keys[4 * i : 4 * i + 4])
             for i, line in enumerate(lines)
         )
 
     def publish_one(self, line: bytes) -> bytes:
+        if len(line) != self.line_size:  # a command, a sync line of another size
+            return self.publish([line])
         key = os.urandom(4)
         return self._client_header + key + mask(line[:-1], key)
 
-    def received(self, line: bytes) -> bytes:
-        return self.frame_prefix + line[:-1]
+    def frame(self, text: bytes) -> bytes:
+        return frame_header(len(text) - 1, masked=False) + text[:-1]
 
     def payload_line(self, frame: bytes) -> bytes | None:
         if len(frame) != self.frame_size or not frame.startswith(self.frame_prefix):
             return None
-        return frame[len(self.frame_prefix) :] + b"\n"
+        return self.unprefix(frame[len(self.frame_prefix) :] + b"\n")
+
+    def next_frame(self, buf: bytes | bytearray, pos: int) -> tuple[int, bytes | None] | None:
+        """One server frame at `pos`: a text or binary message's line, None for control."""
+        head = _header(buf, pos)
+        if head is None:
+            return None
+        first, start, length = head
+        end = start + length
+        if len(buf) < end:
+            return None
+        opcode = first & 0x0F
+        if opcode in (OP_PING, OP_PONG):
+            return end, None  # no data
+        if opcode not in (OP_TEXT, OP_BINARY) or not first & 0x80:
+            return end, b""  # a close frame, a fragment: not a whole line
+        return end, bytes(buf[start:end]) + b"\n"
+
+    def _could_skip(self, buf: bytes | bytearray, pos: int) -> bool:
+        head = _header(buf, pos)
+        if head is None:
+            return True  # not even the header yet
+        first, start, _ = head
+        return first & 0x0F in (OP_PING, OP_PONG) or (
+            self.chat and NOTICE.startswith(bytes(buf[start : start + 2]))
+        )
 
     def reader(self) -> WsReader:
         return WsReader()
+
+
+def _header(buf: bytes | bytearray, pos: int) -> tuple[int, int, int] | None:
+    """(first byte, payload start, payload length) of the frame at `pos`; None: incomplete.
+
+    Server frames are not masked (a masked one reads as garbage: the
+    comparison that follows fails, as it should).
+    """
+    if len(buf) - pos < 2:
+        return None
+    first, n = buf[pos], buf[pos + 1] & 0x7F
+    start = pos + 2
+    if n >= 126:
+        width = 2 if n == 126 else 8
+        if len(buf) < start + width:
+            return None
+        n = int.from_bytes(buf[start : start + width], "big")
+        start += width
+    return first, start, n
