@@ -52,12 +52,23 @@ def test_the_first_screen_points_learners_to_the_guide() -> None:
     assert "](docs/guide/README.md)" in first_screen
 
 
-def test_readme_names_every_module_of_rat() -> None:
-    """The architecture list says where each part lives: no file left out, none made up."""
+def section(heading: str) -> str:
+    """The README's section under `## heading`, up to the next `## ` heading."""
     readme = README.read_text()
-    listed = set(re.findall(r"`(\w+\.py)`", readme[: readme.index("## Quick start")]))
-    modules = {p.name for p in (ROOT / "src" / "rat").glob("*.py")} - {"__init__.py", "__main__.py"}
-    assert listed == modules
+    start = readme.index(f"\n## {heading}\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end >= 0 else len(readme)]
+
+
+def test_readme_names_every_module_of_rat() -> None:
+    """The layout says where each part lives: no file or package left out, none made up."""
+    layout = section("How the code is laid out")
+    items = [line for line in layout.splitlines() if line.startswith(("- ", "  "))]
+    listed = set(re.findall(r"`(\w+\.py)`", "\n".join(items)))
+    spine = {p.name for p in (ROOT / "src" / "rat").glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert listed == spine
+    packages = {p.parent.name for p in (ROOT / "src" / "rat").glob("*/__init__.py")}
+    assert set(re.findall(r"^- `(\w+)/`: ", layout, re.M)) == packages, "one line per package"
 
 
 def test_commands_say_python3_and_put_rat_on_the_path_first() -> None:
@@ -83,9 +94,7 @@ def test_commands_say_python3_and_put_rat_on_the_path_first() -> None:
 
 def test_readme_sample_log_is_what_rat_prints(rat_server: Callable[..., ServerProcess]) -> None:
     """The netcat chat of the README, then Ctrl-C: the log shown is the log rat writes."""
-    readme = README.read_text()
-    section = readme[readme.index("## A chat with netcat") : readme.index("## `rat serve --help`")]
-    m = re.search(r"```text\n(.*?)\n```", section, re.S)
+    m = re.search(r"```text\n(.*?)\n```", section("A chat with netcat"), re.S)
     assert m, "the netcat section shows no log"
     shown = tuple(m.group(1).splitlines())
     server = rat_server()

@@ -17,8 +17,14 @@
   with `python3` on PATH being this interpreter, against a fresh `rat serve`
   started with the flags of the chapter's latest `rat serve` command (in a
   `sh` block; `ulimit -n N` there becomes the child's descriptor limit), with
-  the port in `RAT_PORT`.  The next fenced block, `text expected`, is exactly
-  what it prints.  If the block after that is `text trace`, those lines appear
+  the port in `RAT_PORT`; a `--web PORT` or `--admin PORT` there becomes an
+  ephemeral port too, passed as `RAT_WEB_PORT` or `RAT_ADMIN_PORT`.  A `sh
+  setup` block earlier in the chapter is a command the reader runs once where
+  they run the exercises (making a certificate): each one runs, in order, in
+  the exercise's own directory before the server starts; the exercise runs
+  there too, and the server's file arguments (`--tls-cert cert.pem`) are
+  found there.  The next fenced block, `text expected`, is exactly what it
+  prints.  If the block after that is `text trace`, those lines appear
   in the server's stderr, consecutively, except where a line `...` allows a
   gap.  Timestamps are ignored; fd numbers and ports may differ from the
   guide's but must map one to one; `...` inside a line matches any text, and
@@ -63,6 +69,9 @@ MODULE_REF = re.compile(r"^(rat(?:\.[A-Za-z_]\w*)+)(?:\(\))?$")
 STDLIB_MODULES = ("errno", "os", "resource", "select", "selectors", "signal", "socket")
 STDLIB_REF = re.compile(rf"^((?:{'|'.join(STDLIB_MODULES)})(?:\.[A-Za-z_]\w*)+)(?:\(\))?$")
 SERVE_COMMAND = re.compile(r"(?:ulimit -n (\d+)\s*;\s*)?\brat serve\b([^\n|)]*)")
+# Ports of the other listeners a chapter's `rat serve` may open, and the
+# environment variable that tells the exercise where each one ended up.
+EXTRA_PORTS = {"--web": ("web", "RAT_WEB_PORT"), "--admin": ("admin", "RAT_ADMIN_PORT")}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 # Parts of a trace line that differ from run to run.
 VARIABLE = re.compile(
@@ -123,6 +132,7 @@ class Exercise:
     nofile: int | None
     expected: str
     trace: tuple[str, ...]
+    setup: tuple[str, ...] = ()
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -146,6 +156,9 @@ def serve_command(line: str) -> tuple[tuple[str, ...], int | None] | None:
             skip = False
         elif word in ("--host", "--port"):
             skip = True
+        elif flags and flags[-1] in EXTRA_PORTS:
+            host, colon, _ = word.rpartition(":")
+            flags.append(f"{host}{colon}0")  # the same listener, on an ephemeral port
         elif not word.startswith(("--host=", "--port=")):
             flags.append(word)
     return tuple(flags), int(m.group(1)) if m.group(1) else None
@@ -155,7 +168,10 @@ def exercises(path: Path) -> list[Exercise]:
     found: list[Exercise] = []
     blocks = fenced_blocks(path)
     command: tuple[tuple[str, ...], int | None] | None = None
+    setup: list[str] = []
     for i, block in enumerate(blocks):
+        if block.info == ("sh", "setup"):
+            setup.append(block.body)
         if block.info[:2] != ("sh", "exercise"):
             if block.info[:1] in (("sh",), ("console",)):
                 for line in block.body.splitlines():
@@ -173,7 +189,9 @@ def exercises(path: Path) -> list[Exercise]:
         trace: tuple[str, ...] = ()
         if len(following) > 1 and following[1].info == ("text", "trace"):
             trace = tuple(following[1].body.splitlines())
-        found.append(Exercise(block, command[0], command[1], following[0].body, trace))
+        found.append(
+            Exercise(block, command[0], command[1], following[0].body, trace, tuple(setup))
+        )
     return found
 
 
@@ -376,16 +394,50 @@ def _limit_nofile(limit: int) -> Callable[[], None]:
     return apply
 
 
-def run_exercise(exercise: Exercise, server: ServerProcess, bin_dir: Path) -> str:
-    """Paste the exercise into a shell, as the reader does; return what it printed.
+def start_server(
+    rat_server: RatServer, exercise: Exercise, workdir: Path, *extra: str
+) -> ServerProcess:
+    """Run the chapter's set-up commands in `workdir`, then the chapter's `rat serve`."""
+    for command in exercise.setup:
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, f"{exercise.id}: set-up failed:\n{command}\n{done.stderr}"
+    # A file the reader names from their directory (`cert.pem`) is found in `workdir`.
+    flags = [
+        str(workdir / word) if not word.startswith("-") and (workdir / word).is_file() else word
+        for word in exercise.flags
+    ]
+    preexec = _limit_nofile(exercise.nofile) if exercise.nofile else None
+    return rat_server(*flags, *extra, preexec=preexec)
 
-    `bin_dir` gets a `python3` that is this interpreter, first on PATH.
+
+def extra_ports(server: ServerProcess) -> dict[str, str]:
+    """RAT_WEB_PORT and RAT_ADMIN_PORT, for the listeners the `listening on` line names."""
+    found = {}
+    for kind, variable in EXTRA_PORTS.values():
+        m = re.search(rf"\b{kind} \S+:(\d+)", server.listening)
+        if m:
+            found[variable] = m.group(1)
+    return found
+
+
+def run_exercise(exercise: Exercise, server: ServerProcess, workdir: Path) -> str:
+    """Paste the exercise into a shell in `workdir`, as the reader does; return what it printed.
+
+    `workdir` gets a `python3` that is this interpreter, first on PATH.
     """
-    python3 = bin_dir / "python3"
+    python3 = workdir / "python3"
     if not python3.exists():
         python3.symlink_to(sys.executable)
-    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    path = os.pathsep.join([str(workdir), os.environ.get("PATH", "")])
     env = dict(os.environ, RAT_PORT=str(server.port), PYTHONUNBUFFERED="1", PATH=path)
+    env.update(extra_ports(server))
     argv = ["/bin/sh", "-c", exercise.block.body]
     options = exercise.options
     if "stopped" in options:
@@ -398,6 +450,7 @@ def run_exercise(exercise: Exercise, server: ServerProcess, bin_dir: Path) -> st
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=workdir,
         )
         if "stopped" in options:
             time.sleep(1.0)
@@ -521,8 +574,7 @@ def test_the_guide_scripts_enough_exercises() -> None:
 def test_exercise_does_what_the_guide_says(
     rat_server: RatServer, exercise: Exercise, tmp_path: Path
 ) -> None:
-    preexec = _limit_nofile(exercise.nofile) if exercise.nofile else None
-    server = rat_server(*exercise.flags, preexec=preexec)
+    server = start_server(rat_server, exercise, tmp_path)
     printed = run_exercise(exercise, server, tmp_path)
     assert printed == exercise.expected, (
         f"{exercise.block.where}: the exercise printed\n{printed}\nthe guide says\n"
@@ -550,8 +602,7 @@ def test_exercise_prints_the_same_on_the_select_backend(
     """Chapter 7 says the portable backend behaves the same: hold it to that."""
     if any(flag.startswith("--backend") for flag in exercise.flags):
         pytest.skip("the guide chose the backend")
-    preexec = _limit_nofile(exercise.nofile) if exercise.nofile else None
-    server = rat_server(*exercise.flags, "--backend", "select", preexec=preexec)
+    server = start_server(rat_server, exercise, tmp_path, "--backend", "select")
     assert run_exercise(exercise, server, tmp_path) == exercise.expected
 
 
