@@ -86,10 +86,10 @@ PEER_OUTPUT_LIMIT = 8 * 1024 * 1024  # bytes queued for one peer worker before t
 MAX_FRAME = 64 * 1024 * 1024  # a longer length prefix means the stream is broken
 _LENGTH = struct.Struct("!I")
 
-# cli.build_server: (config, log sink, reuse_port) -> (server, descriptor limit, admin)
+# app.build_server: (config, log sink, reuse_port) -> (server, descriptor limit, admin)
 # or an exit code (no admin endpoint with --workers: the command line refuses it)
 BuildFn = Callable[["Config", "LogSink", bool], "tuple[Server, int, Any] | int"]
-# cli._listening_details: (config, poller, descriptor limit) -> the listening line's details
+# app._listening_details: (config, poller, descriptor limit) -> the listening line's details
 DetailsFn = Callable[["Config", "Poller", int], list[str]]
 
 
