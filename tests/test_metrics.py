@@ -117,6 +117,22 @@ def test_rates_over_the_last_window() -> None:
     assert drain == 0.0
 
 
+def test_a_flood_that_stopped_predicts_no_cut() -> None:
+    """Once nothing is queued or taken for a window, the queue is not growing any more."""
+    backlog = Backlog(1000, since=0.0)
+    pending = 1000
+    for tenth in range(1, 31):  # a flood: 100 kB/s queued for 3 s, nothing taken
+        pending += 10_000
+        backlog.queued(pending, tenth / 10)
+    drain, growth = backlog.rates(pending, 3.1) or (0.0, 0.0)
+    assert growth > 50_000  # still flooding a moment after the last line
+    assert backlog.rates(pending, 6.0) == (0.0, 0.0)  # three quiet seconds later
+    by_limit, _ = time_to_cut(
+        pending=pending, limit=1 << 20, growth=0.0, last_progress=0.0, write_timeout=30, now=6.0
+    )
+    assert by_limit is None
+
+
 def test_time_to_cut() -> None:
     # 1 MiB to go at 0.5 MiB/s of growth: two seconds.  Write timeout: 30 s after progress.
     by_limit, by_timeout = time_to_cut(

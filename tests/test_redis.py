@@ -207,7 +207,7 @@ def test_redis_restart_mid_run(
         log = node.stderr
         assert log.count("cluster: lost redis://") == 1, log
         assert log.count("cluster: back on redis://") == 1, log
-        assert re.search(r"back on redis://\S+ after [\d.]+ s; 1 lines published meanwhile", log)
+        assert re.search(r"back on redis://\S+ after [\d.]+ s; 1 line published meanwhile", log)
 
 
 def test_redis_restart_chat_members_are_told(

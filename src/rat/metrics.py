@@ -56,7 +56,7 @@ RATE_WINDOW = 1.0  # seconds: rates are measured over one to two of these
 class Backlog:
     """When a client's waiting bytes were queued, and how fast they drain."""
 
-    __slots__ = ("_newer", "_older", "_stamps", "sent")
+    __slots__ = ("_last", "_newer", "_older", "_stamps", "sent")
 
     def __init__(self, pending: int, since: float, sent: int = 0) -> None:
         """`pending` bytes wait, queued at `since`; `sent` bytes queued with them already went."""
@@ -66,6 +66,7 @@ class Backlog:
         # Rate marks (time, sent, pending): the start of the previous and of
         # the current window.  Rates span from the older one to now.
         self._older = self._newer = (since, 0, sent + pending)
+        self._last = since  # the last time bytes were queued or taken
 
     def queued(self, pending: int, now: float) -> None:
         """Bytes were queued at `now`; `pending` bytes are waiting now."""
@@ -98,6 +99,10 @@ class Backlog:
 
     def rates(self, pending: int, now: float) -> tuple[float, float] | None:
         """(bytes/s the kernel took, bytes/s the queue grew) lately; None if no time passed."""
+        if now - self._last >= RATE_WINDOW:
+            # Nothing was queued or taken for a whole window: both rates are 0
+            # now, whatever they were (the marks only move when bytes do).
+            return 0.0, 0.0
         when, sent, queued = self._older
         span = now - when
         if span <= 0:
@@ -105,6 +110,7 @@ class Backlog:
         return (self.sent - sent) / span, (pending - queued) / span
 
     def _tick(self, pending: int, now: float) -> None:
+        self._last = now
         if now - self._newer[0] >= RATE_WINDOW:
             self._older = self._newer
             self._newer = (now, self.sent, pending)

@@ -338,12 +338,12 @@ class RedisLink:
             down_for = self.loop.clock() - self._outage_since
             dropped = backplane.counters.dropped_disconnected - self._outage_dropped
             log.warning(
-                "cluster: %s %s after %.1f s; %d lines published meanwhile reached this"
+                "cluster: %s %s after %.1f s; %s published meanwhile reached this"
                 " node's clients only",
                 "back on" if self._ever_up else "connected to",
                 self.address,
                 down_for,
-                dropped,
+                f"{dropped} line" if dropped == 1 else f"{dropped} lines",
             )
             self._outage_since = None
             if self._ever_up:
