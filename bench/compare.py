@@ -4,7 +4,7 @@
     python3 bench/compare.py                   # everything (see --help for how long)
     python3 bench/compare.py --quick           # a smoke test: 1 short repetition
     python3 bench/compare.py --servers rat,uvloop --scenarios sweep-even,fanout-100
-    python3 bench/compare.py --rat-args 'rat-coalesce=--coalesce-ms 1'   # a rat variant
+    python3 bench/compare.py --rat-args 'rat-c1=--coalesce-ms 1'   # a rat variant
     python3 bench/compare.py --update-docs     # also rewrite docs/BENCHMARKS.md
 
 Servers: rat, rat variants (`--rat-args NAME=FLAGS`: rat serve with those flags),
@@ -72,7 +72,7 @@ ALL_SERVERS = (
     "rat", "asyncio", "uvloop", "node", "redis", "selectors",
     "ws-websockets", "ws-websockets-uvloop", "ws-node", "tls-uvloop",
 )  # fmt: skip
-DEFAULT_VARIANTS = ("rat-coalesce=--coalesce-ms 1",)
+DEFAULT_VARIANTS = ("rat-c0=--coalesce-ms 0",)  # rat without its default coalescing
 # rat variants that need more than flags (a port from the log, a certificate, a
 # cluster): only run when named (--servers, or a scenario group)
 RAT_FEATURES = ("rat-chat", "rat-web", "rat-tls", "rat-admin", "rat-redis2")
@@ -272,7 +272,13 @@ def server_specs(
         )
 
     specs = [
-        ServerSpec("rat", "line", "rat (epoll, edge-triggered; default flags)", rat([]), RAT_ENV),
+        ServerSpec(
+            "rat",
+            "line",
+            "rat (epoll, edge-triggered; default flags, so --coalesce-ms 4)",
+            rat([]),
+            RAT_ENV,
+        ),
         *(variant(name, flags) for name, flags in variants),
         variant("rat-chat", ["--chat"], bench_args=["--chat"]),
         variant(
@@ -681,7 +687,7 @@ GROUPS = {
         ("rat", "rat-redis2", "redis"),
     ),
 }
-CHAT_100_RATES = (2000, 50000)
+CHAT_100_RATES = (500, 2000, 50000)
 ROOM_RATES = (2000, 20000, 50000)
 BACKPLANE_RATES = (2000, 10000)
 
@@ -1056,7 +1062,7 @@ def fmt_cpu(r: dict[str, Any], key: str = "server_cpu") -> str:
 
 
 def targets(s: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
-    """(target, measured, met?) for the targets of issue 5, from the even sweep."""
+    """(target, measured, met?) for the spine's targets (issue 10), from the even sweep."""
     sweep = s.get("sweep-even", {})
 
     def at(server: str, rate: str, key: str) -> Any:
@@ -1064,32 +1070,40 @@ def targets(s: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
 
     rows: list[tuple[str, str, bool | None]] = []
 
-    def check(name: str, rate: str, key: str, limit: float, unit: str) -> None:
+    def check(name: str, rate: str, key: str, limit: float) -> None:
         a, b = at("rat", rate, key), at("uvloop", rate, key)
         r = ratio(a, b)
-        text = f"{fmt_us(a)} vs {fmt_us(b)}" if key.endswith("_us") else f"{a} vs {b} {unit}"
+        if key.endswith("_us"):
+            text = f"{fmt_us(a)} vs {fmt_us(b)}"
+        else:
+            text = "-" if a is None or b is None else f"{a:.0%} vs {b:.0%} of a CPU"
         rows.append((name, f"{text}: {fmt_ratio(r)}", None if r is None else r <= limit))
 
-    check("chat 100 @ 50k/s: rat ns per delivered line <= 0.5x uvloop's", "50000",
-          "ns_per_delivered", 0.5, "ns")  # fmt: skip
-    lost = at("rat", "50000", "anomalies")
-    rows.append(
-        (
-            "chat 100 @ 50k/s: rat loses nothing (every repetition)",
-            "-" if lost is None else f"{lost} lost/reordered/malformed/disconnected",
-            None if lost is None else lost == 0,
+    def lost(rate: str) -> None:
+        n = at("rat", rate, "anomalies")
+        rows.append(
+            (
+                f"chat 100 @ {int(rate):,}/s: rat loses nothing (every repetition)",
+                "-" if n is None else f"{n} lost/reordered/malformed/disconnected",
+                None if n is None else n == 0,
+            )
         )
-    )
-    check("chat 100 @ 50k/s: rat p99 no worse than uvloop's", "50000", "p99_us", 1.0, "")
-    check("chat 100 @ 2k/s: rat server CPU <= uvloop's", "2000", "server_cpu", 1.0, "of a CPU")
-    check("chat 100 @ 2k/s: rat p99 no worse than uvloop's", "2000", "p99_us", 1.0, "")
+
+    rates = sorted(((sweep.get("rat") or {}).get("rates") or {}), key=int)
+    for rate in (r for r in rates if int(r) < 2000):
+        check(f"chat 100 @ {int(rate):,}/s: rat server CPU <= 0.7x uvloop's", rate,
+              "server_cpu", 0.7)  # fmt: skip
+        lost(rate)
+    for rate in (r for r in rates if int(r) >= 2000):
+        check(f"chat 100 @ {int(rate):,}/s: rat p99 <= 0.2x uvloop's", rate, "p99_us", 0.2)
+        lost(rate)
     for scen in ("fanout-100", "fanout-1000"):
         a = (s.get(scen, {}).get("rat") or {}).get("ns_per_delivered")
         b = (s.get(scen, {}).get("uvloop") or {}).get("ns_per_delivered")
         r = ratio(a, b)
         rows.append(
             (
-                f"{scen}: rat ns per delivered line <= uvloop's",
+                f"{scen}: rat CPU per delivered line <= 1.0x uvloop's",
                 f"{fmt_num(a)} vs {fmt_num(b)} ns: {fmt_ratio(r)}",
                 None if r is None else r <= 1.0,
             )
@@ -1097,7 +1111,7 @@ def targets(s: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
     growth = (s.get("idle-10k", {}).get("rat") or {}).get("rss_growth_kib")
     rows.append(
         (
-            "idle: rat RSS growth <= 0.5 KiB per connection",
+            "idle 10,000 connections: rat RSS growth <= 0.5 KiB per connection",
             "-" if growth is None else f"{growth:.3f} KiB per connection",
             None if growth is None else growth <= 0.5,
         )
@@ -1170,30 +1184,76 @@ def group_targets(
     chat = "chat-100"
     if group == "ws":
         fan = "fanout-1000"
-        for peer in ("rat", "ws-websockets-uvloop"):
+        for peer, limit in (("rat", 1.5), ("ws-websockets-uvloop", 0.5)):
             what = "rat over TCP" if peer == "rat" else peer
-            row(f"fan-out 1 -> 1,000: ns per line, rat-web vs {what}", "ns_per_delivered",
-                (fan, "rat-web"), (fan, peer))  # fmt: skip
+            row(f"fan-out 1 -> 1,000: CPU per line, rat-web <= {limit}x {what}",
+                "ns_per_delivered", (fan, "rat-web"), (fan, peer), limit=limit)  # fmt: skip
+        for peer, limit in (("ws-websockets", 0.5), ("ws-websockets-uvloop", 0.5),
+                            ("ws-node", 1.0)):  # fmt: skip
+            row(f"chat 100 WS clients @ 500/s (below saturation): server CPU, rat-web <="
+                f" {limit}x {peer}", "server_cpu", (chat, "rat-web"), (chat, peer), rate=500,
+                limit=limit)  # fmt: skip
         for peer in ("ws-websockets", "ws-websockets-uvloop", "ws-node"):
-            for rate, key in ((2000, "server_cpu"), (2000, "p99_us"), (50000, "p99_us")):
-                what = "server CPU" if key == "server_cpu" else "p99"
-                row(f"chat 100 WS clients @ {rate:,}/s: {what}, rat-web vs {peer}", key,
-                    (chat, "rat-web"), (chat, peer), rate=rate)  # fmt: skip
+            for rate in (2000, 50000):
+                p99_limit = 0.2 if peer.startswith("ws-websockets") else None
+                row(f"chat 100 WS clients @ {rate:,}/s: p99, rat-web vs {peer}", "p99_us",
+                    (chat, "rat-web"), (chat, peer), rate=rate, limit=p99_limit)  # fmt: skip
+        for rate in (500, 2000, 50000):
+            n = figure(s, chat, "rat-web", "anomalies", rate)
+            rows.append(
+                (
+                    f"chat 100 WS clients @ {rate:,}/s: rat-web loses nothing",
+                    "-" if n is None else f"{n} anomalies",
+                    None if n is None else n == 0,
+                )
+            )
+        growth = figure(s, "idle-10k", "rat-web", "rss_growth_kib")
+        rows.append(("idle WS connections: rat-web RSS growth <= 2 KiB per connection",
+                     "-" if growth is None else f"{growth:.2f} KiB per connection",
+                     None if growth is None else growth <= 2.0))  # fmt: skip
+        for peer in ("ws-websockets", "ws-websockets-uvloop", "ws-node"):
             row(f"idle WS connections: RSS per connection, rat-web vs {peer}", "rss_growth_kib",
                 ("idle-10k", "rat-web"), ("idle-10k", peer))  # fmt: skip
     elif group == "tls":
-        for peer in ("tls-uvloop", "rat"):
-            row(f"chat 100 over TLS @ 2,000/s: server CPU, rat-tls vs {peer}", "server_cpu",
-                (chat, "rat-tls"), (chat, peer), rate=2000)  # fmt: skip
-            row(f"chat 100 over TLS @ 50,000/s: p99, rat-tls vs {peer}", "p99_us",
-                (chat, "rat-tls"), (chat, peer), rate=50000)  # fmt: skip
-        row("fan-out 1 -> 100: ns per line, rat-tls vs plain rat", "ns_per_delivered",
-            ("fanout-100", "rat-tls"), ("fanout-100", "rat"))  # fmt: skip
+        row(
+            "chat 100 over TLS @ 500/s (below saturation): server CPU, rat-tls <= tls-uvloop",
+            "server_cpu",
+            (chat, "rat-tls"),
+            (chat, "tls-uvloop"),
+            rate=500,
+            limit=1.0,
+        )
+        for rate in (2000, 50000):
+            row(f"chat 100 over TLS @ {rate:,}/s: p99, rat-tls <= 0.5x tls-uvloop", "p99_us",
+                (chat, "rat-tls"), (chat, "tls-uvloop"), rate=rate, limit=0.5)  # fmt: skip
+        for rate in (500, 2000):
+            row(f"chat 100 @ {rate:,}/s: server CPU, rat-tls vs plain rat", "server_cpu",
+                (chat, "rat-tls"), (chat, "rat"), rate=rate)  # fmt: skip
+        row(
+            "fan-out 1 -> 100: ns per line, rat-tls vs plain rat (encryption per receiver)",
+            "ns_per_delivered",
+            ("fanout-100", "rat-tls"),
+            ("fanout-100", "rat"),
+        )
+        row(
+            "fan-out 1 -> 100: ns per line, rat-tls vs tls-uvloop",
+            "ns_per_delivered",
+            ("fanout-100", "rat-tls"),
+            ("fanout-100", "tls-uvloop"),
+        )
     elif group == "admin":
+        row(
+            "chat 100 @ 500/s (below saturation): server CPU, rat --admin (scraped) <= 1.03x rat",
+            "server_cpu",
+            (chat, "rat-admin"),
+            (chat, "rat"),
+            rate=500,
+            limit=1.03,
+        )
         row("chat 100 @ 2,000/s: server CPU, rat --admin (scraped) vs rat", "server_cpu",
             (chat, "rat-admin"), (chat, "rat"), rate=2000)  # fmt: skip
-        row("chat 100 @ 50,000/s: p99, rat --admin (scraped) vs rat", "p99_us",
-            (chat, "rat-admin"), (chat, "rat"), rate=50000)  # fmt: skip
+        row("chat 100 @ 50,000/s: p99, rat --admin (scraped) <= 1.05x rat", "p99_us",
+            (chat, "rat-admin"), (chat, "rat"), rate=50000, limit=1.05)  # fmt: skip
         got = [r["scraper"] for r in (raw.get(chat) or {}).get("rat-admin") or [] if "scraper" in r]
         ok, failed = sum(g["ok"] for g in got), sum(g["failed"] for g in got)
         last = next((g["last_error"] for g in got if g["last_error"]), "")

@@ -148,7 +148,9 @@ class Rig:
 
     def __init__(self, server_class: type[Server], budgets: list[Callable[[], Iterator[int]]]):
         self.poller = FakePoller()
-        self.server = server_class([], self.poller, Config())
+        # Coalescing off: these properties are about what one turn delivers
+        # (coalescing only decides which turns deliver; tests/test_coalesce.py).
+        self.server = server_class([], self.poller, Config(coalesce_ms=0))
         self.socks: list[FakeSocket] = []
         self.conns: list[Conn] = []
         for i, make_budgets in enumerate(budgets):

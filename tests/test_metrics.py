@@ -124,7 +124,7 @@ def test_a_flood_that_stopped_predicts_no_cut() -> None:
     for tenth in range(1, 31):  # a flood: 100 kB/s queued for 3 s, nothing taken
         pending += 10_000
         backlog.queued(pending, tenth / 10)
-    drain, growth = backlog.rates(pending, 3.1) or (0.0, 0.0)
+    _drain, growth = backlog.rates(pending, 3.1) or (0.0, 0.0)
     assert growth > 50_000  # still flooding a moment after the last line
     assert backlog.rates(pending, 6.0) == (0.0, 0.0)  # three quiet seconds later
     by_limit, _ = time_to_cut(

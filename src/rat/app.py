@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Any
 
-from rat.config import DEFAULT_ADMIN_HOST, Config
+from rat.config import DEFAULT_ADMIN_HOST, DEFAULT_COALESCE_MS, Config
 from rat.logsink import LogSink, announce, install, keep_draining
 from rat.net import format_addr, open_listeners, raise_nofile_limit
 from rat.poller import Poller, make_poller
@@ -79,8 +79,9 @@ def _listening_details(config: Config, poller: Poller, nofile: int) -> list[str]
     details = [f"backend {poller.name}", f"descriptor limit {nofile}"]
     if config.echo:
         details.append("echo on")
-    if config.coalesce_ms:
-        details.append(f"coalescing {config.coalesce_ms:g} ms")
+    if config.coalesce_ms != DEFAULT_COALESCE_MS:  # the default goes unsaid
+        ms = config.coalesce_ms
+        details.append(f"coalescing {ms:g} ms" if ms else "coalescing off")
     details += _chat_details(config)
     return details
 

@@ -22,7 +22,7 @@ DEFAULT_MAX_PENDING = 8 * 1024 * 1024  # bytes queued for one client (rat.outbuf
 DEFAULT_WRITE_TIMEOUT = 30.0  # seconds without progress on queued output
 DEFAULT_MAX_CLIENTS = 10000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds to flush on SIGINT/SIGTERM/SIGHUP
-DEFAULT_COALESCE_MS = 0.0  # hold deliveries this long after the previous one (0: off)
+DEFAULT_COALESCE_MS = 4.0  # hold deliveries this long after the previous one (0: off)
 # Chat mode (rat.chat)
 DEFAULT_HISTORY = 0  # messages kept per room for joiners (0: none)
 MAX_HISTORY = 10000

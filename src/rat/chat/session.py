@@ -46,6 +46,16 @@ exactly what the room has been sent, and whatever is published after the
 join reaches the joiner live.  Joins are rare next to messages; a flood
 costs one early delivery per join, never a lost or doubled line.
 
+Replies come after what was published before the command
+-------------------------------------------------------
+A reply goes straight to the client's queue, while published lines wait for
+the end of the turn (or longer, with --coalesce-ms).  So before a command
+runs, whatever is still undelivered is delivered (`deliver_pending`): the
+client then sees every line published before its command, then the reply,
+and a client that leaves a room (`/join`, `/quit`) still gets what was said
+while it was there.  Commands are rare next to messages, and a block of many
+commands costs one early delivery, since after it nothing is pending.
+
 Notices
 -------
 Joins, leaves and nick changes are published to the room with the client as
@@ -244,6 +254,12 @@ class Chat:
                     if messages:
                         self._publish(client, messages, room)
                         messages = []
+                    if self.hub.size:
+                        # A reply must not overtake what was published before
+                        # the command (see "Replies come after" above).
+                        self.deliver_pending()
+                        if client.session is not session:
+                            return  # that delivery found this client's socket gone
                     self._command(client, session, text)
                     if client.session is not session or client.room is None:
                         return  # it quit, or a reply made it a slow consumer
