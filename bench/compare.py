@@ -1898,12 +1898,14 @@ def report(
     scens = [
         sc for sc in scenarios(meta["quick"], meta["duration"]) if sc.name in meta["scenarios"]
     ]
-    summary = summarise(raw, {sc.name: sc.kind for sc in scens})
-    specs = {sp.name: sp for sp in server_specs(args.python, variants, check=False)}
-    servers = [specs.get(n) or ServerSpec(n, "line", n, lambda port: []) for n in meta["servers"]]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.results_dir) / f"compare-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the measurements first, so that a failure below loses no run (--from-results)
+    (out_dir / "raw.json").write_text(json.dumps({"meta": meta, "raw": raw}, indent=1))
+    summary = summarise(raw, {sc.name: sc.kind for sc in scens})
+    specs = {sp.name: sp for sp in server_specs(args.python, variants, check=False)}
+    servers = [specs.get(n) or ServerSpec(n, "line", n, lambda port: []) for n in meta["servers"]]
     (out_dir / "raw.json").write_text(
         json.dumps({"meta": meta, "raw": raw, "summary": summary}, indent=1)
     )
