@@ -244,6 +244,33 @@ def test_commands_ignore_case() -> None:
     assert bob.take() == [b"* guest1 is now alice", b"* alice left #lobby"]
 
 
+def test_help_lists_every_command() -> None:
+    harness = Harness()
+    (alice,) = greeted(harness, 1)
+    harness.turn(alice, b"/help")
+    reply = alice.take()
+    assert reply[0] == b"* commands (upper or lower case):"
+    listed = b"\n".join(reply)
+    for command in (b"/nick", b"/join", b"/rooms", b"/who", b"/me", b"//", b"/help", b"/quit"):
+        assert command in listed
+    harness.turn(alice, b"/help me")
+    assert alice.take() == [b"ERR /help takes no arguments: type just /help"]
+
+
+def test_a_reply_comes_after_the_lines_published_before_the_command() -> None:
+    harness = Harness()
+    alice, bob = greeted(harness, 2)
+    harness.send(bob, b"before you left")  # published; the turn is not over yet
+    harness.send(alice, b"/join #rust")
+    harness.deliver()
+    assert alice.take() == [b"<guest2> before you left", b"* you joined #rust (1 here)"]
+    harness.send(bob, b"still there?")
+    harness.send(alice, b"/who", b"/bogus")  # two replies: one early delivery, nothing lost
+    harness.deliver()
+    assert alice.take()[0] == b"* 1 in #rust: guest1"
+    assert bob.take() == [b"* guest1 left #lobby"]
+
+
 def test_nick_change_is_announced_and_the_old_nick_is_free() -> None:
     harness = Harness()
     alice, bob = greeted(harness, 2)
