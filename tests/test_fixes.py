@@ -7,8 +7,10 @@ Every test here failed on the server before the spine was rebuilt (commit
     TESTS_RAT_SRC=/tmp/old-rat/src .venv/bin/pytest tests/test_fixes.py
 
 Where the behaviour belongs to the poller (half-closed clients are noticed
-through hang-ups with epoll and through probes with select), the test runs
-once per backend.  Timing bounds only turn a hang into a failure.
+through hang-ups with epoll and through probes with select), for the stops
+that drop output, and for every red-team finding of issue 9 (it asks for each
+under both backends), the test runs once per backend.  Timing bounds only
+turn a hang into a failure.
 """
 
 from __future__ import annotations
@@ -279,9 +281,9 @@ STOPS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", sorted(STOPS))
 def test_a_stop_that_drops_output_ends_streams_on_a_line_boundary(
-    rat_server: RatServer, stop: str
+    rat_server: RatServer, backend: str, stop: str
 ) -> None:
-    server = rat_server("--max-pending", BIG_PENDING, *STOPS[stop])
+    server = rat_server("--backend", backend, "--max-pending", BIG_PENDING, *STOPS[stop])
     stuck = connect(server, rcvbuf=4096)  # reads nothing until the server has gone
     witness, sender = connect(server), connect(server)
     sync_clients(server, [stuck, witness])
@@ -422,7 +424,7 @@ def recv_bytes(sock: socket.socket, size: int, timeout: float = 10.0) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
-def test_a_short_line_does_not_pin_a_big_turn(rat_server: RatServer) -> None:
+def test_a_short_line_does_not_pin_a_big_turn(rat_server: RatServer, backend: str) -> None:
     """Issue 9.1: memory stays within about clients x --max-pending, whatever clients send.
 
     A producer streams 64 KiB lines and never reads; a chatter sends short
@@ -431,7 +433,7 @@ def test_a_short_line_does_not_pin_a_big_turn(rat_server: RatServer) -> None:
     turn, it would keep the whole 64 KiB alive while being charged 10 bytes.
     """
     max_pending = MiB
-    server = rat_server("--max-pending", str(max_pending))
+    server = rat_server("--backend", backend, "--max-pending", str(max_pending))
     producer = connect(server, rcvbuf=4096)
     chatter, reader = connect(server), connect(server)
     for sock in (producer, chatter):  # the ends of lines go out at once (no Nagle)
@@ -477,7 +479,7 @@ def test_a_short_line_does_not_pin_a_big_turn(rat_server: RatServer) -> None:
 
 @pytest.mark.slow
 def test_output_queued_at_sigterm_reaches_a_client_that_keeps_talking(
-    rat_server: RatServer,
+    rat_server: RatServer, backend: str
 ) -> None:
     """Issue 9.2: the stop flushes every byte, even to a client whose input keeps coming.
 
@@ -486,7 +488,9 @@ def test_output_queued_at_sigterm_reaches_a_client_that_keeps_talking(
     the talker's input while it flushes, and close only once its bytes have
     left.
     """
-    server = rat_server("--max-pending", BIG_PENDING, "--shutdown-timeout", "30")
+    server = rat_server(
+        "--backend", backend, "--max-pending", BIG_PENDING, "--shutdown-timeout", "30"
+    )
     talker = connect(server, rcvbuf=16384)
     fast, sender = connect(server), connect(server)
     sync_clients(server, [talker, fast])
@@ -522,11 +526,12 @@ def test_output_queued_at_sigterm_reaches_a_client_that_keeps_talking(
 # ---------------------------------------------------------- a log nobody reads
 
 
-def test_a_stalled_log_sink_does_not_stall_the_server() -> None:
+def test_a_stalled_log_sink_does_not_stall_the_server(backend: str) -> None:
     """Issue 9.3: stderr is a pipe nobody reads; the server keeps serving and counts the loss."""
     env = clean_env(PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1")
+    argv = ["serve", "--port", "0", "--backend", backend, "--log-level", "debug"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rat", "serve", "--port", "0", "--log-level", "debug"],
+        [sys.executable, "-m", "rat", *argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -582,6 +587,11 @@ def test_a_stalled_log_sink_does_not_stall_the_server() -> None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+        # It says so once: one report for the whole stall, not one per lost line.
+        reader.join(5)
+        assert not reader.is_alive(), "stderr stayed open after the server exited"
+        reports = re.findall(rb"log: \d+ lines? dropped[^\n]*", drained)
+        assert len(reports) == 1, f"expected one drop report, got {reports!r}"
     finally:
         for sock in socks:
             sock.close()

@@ -149,3 +149,25 @@ def test_the_loop_drains_a_stalled_sink_without_new_log_lines(pipe: tuple[int, i
     assert len(timers.due) == 1
     read_all(r)
     sink.close()
+
+
+def test_a_long_stall_is_reported_once(pipe: tuple[int, int]) -> None:
+    """However many lines a stall costs and however often the sink retries, one report."""
+    r, w = pipe
+    sink = make_sink(w, limit=1024)
+    for n in range(500):  # many drops, with retries of the stalled sink between them
+        sink.handle(record(f"stalled {n:03d}" + "s" * 40))
+        sink.retry()
+    dropped = sink.dropped
+    assert dropped > 100
+    got = drain_sink(sink, r)
+    reports = re.findall(rb"log: \d+ lines? dropped[^\n]*\n", got)
+    assert reports == [f"log: {dropped} lines dropped (the log output was not draining)\n".encode()]
+    assert got.endswith(reports[0]), "the report comes after the lines that were kept"
+    assert sink.dropped == 0
+    # With the sink draining, later lines go through with no further report.
+    for n in range(20):
+        sink.handle(record(f"after {n}"))
+        got = read_all(r)
+        assert got == f"after {n}\n".encode()
+    sink.close()

@@ -1,12 +1,18 @@
 """The reports `rat bench` prints: one run, a rate sweep, the connect scenario.
 
 Each is made from the summary dictionary that `--json` prints, so the table
-and the JSON never disagree.
+and the JSON never disagree.  Every count is written with thousands
+separators and the word agrees with it ('1 line', '10,000 connections').
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def plural(count: int, word: str, words: str = "") -> str:
+    """'1 line', '10,000 lines' ('1 process', '2 processes' with `words`)."""
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {words or word + 's'}"
 
 
 def _us(value: int | None) -> str:
@@ -27,17 +33,17 @@ def format_table(s: dict[str, Any]) -> str:
     """The human-readable report of one run."""
     p = s["params"]
     if s["scenario"] == "chat":
-        what = f"{p['clients']} clients, {p['rate']:,.0f} lines/s in total"
+        what = f"{plural(p['clients'], 'client')}, {p['rate']:,.0f} lines/s in total"
         if s.get("schedule"):
             what += f" ({s['schedule']['pattern']})"
     elif s["scenario"] == "fanout":
         rate = p["rate"] if p["rate"] == "max" else f"{p['rate']:,.0f} lines/s"
-        what = f"{p['publishers']} -> {p['subscribers']}, rate {rate}, window {p['window']}"
+        what = f"{p['publishers']:,} -> {p['subscribers']:,}, rate {rate}, window {p['window']:,}"
     else:
-        what = f"{p['connections']} connections held {p['hold_s']} s"
+        what = f"{plural(p['connections'], 'connection')} held {p['hold_s']} s"
     lat = s["latency_us"]
     idle = s["scenario"] == "idle"
-    delivered = f"{s['delivered']:,} of {s['expected']:,} lines"
+    delivered = f"{s['delivered']:,} of {plural(s['expected'], 'line')}"
     if not idle:
         delivered += f", {s['delivered_per_s']:,.0f} lines/s"
     if s.get("delivered_to_publishers"):
@@ -46,28 +52,30 @@ def format_table(s: dict[str, Any]) -> str:
             " (every line goes to every other client; not checked)"
         )
     if s.get("notices"):
-        delivered += f"; {s['notices']:,} frames without a line skipped (notices '* ...', pings)"
+        delivered += (
+            f"; {plural(s['notices'], 'frame')} without a line skipped (notices '* ...', pings)"
+        )
     if p.get("rooms", 1) > 1:
-        what += f", {p['rooms']} rooms"
+        what += f", {plural(p['rooms'], 'room')}"
     servers = s.get("servers", [])
     where = f"servers {', '.join(servers)}" if len(servers) > 1 else f"server {s['server']}"
     rows = [
         (
             "run",
-            f"{s['scenario']}: {what}; {p['line_size']}-byte lines; {where}"
-            f" ({s['proto']}); {s['connections']} connections",
+            f"{s['scenario']}: {what}; {p['line_size']:,}-byte lines; {where}"
+            f" ({s['proto']}); {plural(s['connections'], 'connection')}",
         ),
         (
             "published",
-            f"{s['published']:,} lines"
+            plural(s["published"], "line")
             + (f", {s['published_per_s']:,.0f} lines/s" if s["published_per_s"] else ""),
         ),
         ("delivered", delivered),
         (
             "latency",
             f"p50 {_us(lat['p50'])}  p99 {_us(lat['p99'])}  p99.9 {_us(lat['p99.9'])}"
-            f"  max {_us(lat['max'])}  ({s['latency_samples']:,} lines timed on"
-            f" {s['latency_receivers']} receivers)",
+            f"  max {_us(lat['max'])}  ({plural(s['latency_samples'], 'line')} timed on"
+            f" {plural(s['latency_receivers'], 'receiver')})",
         ),
         (
             "anomalies",
@@ -81,7 +89,7 @@ def format_table(s: dict[str, Any]) -> str:
         rows.append(
             (
                 "node",
-                f"{node['server']}: {node['delivered']:,} lines to its receivers, lost"
+                f"{node['server']}: {plural(node['delivered'], 'line')} to its receivers, lost"
                 f" {node['lost']:,}; latency p50 {_us(lat_n['p50'])}  p99 {_us(lat_n['p99'])}"
                 f"  max {_us(lat_n['max'])}",
             )
@@ -124,12 +132,15 @@ def format_table(s: dict[str, Any]) -> str:
         if "rss_growth_kib_per_conn" in sm:
             mem = (
                 f"RSS {_kib(sm['rss_kib_before'])} before, {_kib(sm['rss_kib_held'])} holding"
-                f" {p['connections']:,} connections:"
+                f" {plural(p['connections'], 'connection')}:"
                 f" {sm['rss_growth_kib_per_conn']:.2f} KiB per connection"
             )
         rows.append(("memory", mem))
     g = s["generator"]
-    gen = f"{g['processes']} process(es) on {g['cpus']} CPU(s): CPU {g['cpu_s']:.3f} s"
+    gen = (
+        f"{plural(g['processes'], 'process', 'processes')} on {plural(g['cpus'], 'CPU')}:"
+        f" CPU {g['cpu_s']:.3f} s"
+    )
     if not idle:
         gen += f", {g['busy']:.0%} busy (busiest process {g['busiest_process']:.0%})"
         gen += f", waited {g['wait_s']:.3f} s for a CPU" if g["wait_s"] >= 0.001 else ""
@@ -197,10 +208,12 @@ def format_sweep(result: dict[str, Any]) -> str:
     if first is not None:
         p = first["params"]
         sched = first.get("schedule") or {}
+        clients = p.get("clients")
         lines.insert(
             0,
-            f"sweep: {first['scenario']}, {p.get('clients', '?')} clients,"
-            f" {sched.get('pattern', '?')} pattern, {p['line_size']}-byte lines,"
+            f"sweep: {first['scenario']},"
+            f" {'? clients' if clients is None else plural(clients, 'client')},"
+            f" {sched.get('pattern', '?')} pattern, {p['line_size']:,}-byte lines,"
             f" {p['duration_s']:g} s per rate; server {first['server']} ({first['proto']})",
         )
     lines += [f"verdict: {v}" for v in result["verdict"]]
@@ -218,12 +231,14 @@ def format_connect(s: dict[str, Any]) -> str:
     rows = [
         (
             "run",
-            f"connect: {p['workers']} churn process(es) x {p['in_flight']} in flight,"
+            f"connect: {plural(p['workers'], 'churn process', 'churn processes')}"
+            f" x {p['in_flight']:,} in flight,"
             f" close by {p['close']}, {p['duration_s']:g} s; server {s['server']} ({s['proto']})",
         ),
         (
             "churn",
-            f"{churn['completed']:,} connections completed of {churn['attempted']:,} attempted,"
+            f"{plural(churn['completed'], 'connection')} completed"
+            f" of {churn['attempted']:,} attempted,"
             f" {churn['per_s']:,.0f}/s; failed: {fails}",
         ),
         (
@@ -256,7 +271,8 @@ def format_connect(s: dict[str, Any]) -> str:
             )
         )
     g = s["generator"]
-    rows.append(("generator", f"{g['processes']} process(es): CPU {g['cpu_s']:.3f} s"))
+    processes = plural(g["processes"], "process", "processes")
+    rows.append(("generator", f"{processes}: CPU {g['cpu_s']:.3f} s"))
     rows.append(("verdict", "; ".join(s["verdict"])))
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
