@@ -1382,7 +1382,8 @@ def write_report(
         " a cost). Under every table: the `rat bench` command that reproduces it.",
         "",
         f"Generated {meta['date']} in {meta['elapsed_s'] / 60:.1f} minutes: {meta['reps']}"
-        f" repetition(s) of each scenario, servers interleaved; {meta['pinning']}.",
+        f" repetition{'' if meta['reps'] == 1 else 's'} of each scenario, servers interleaved;"
+        f" {meta['pinning']}.",
         "",
         "## Machine",
         "",
@@ -1583,7 +1584,7 @@ def sweep_tables(sc: Scenario, rows: dict[str, Any], names: list[str]) -> list[s
         verdicts.append(
             f"- **{n}**: saturates at {'-' if sat is None else f'{sat:,.0f}'} lines/s,"
             f" stops keeping up at {'-' if stop is None else f'{stop:,.0f}'} lines/s"
-            f" ({r['runs']} run(s))"
+            f" ({r['runs']} run{'' if r['runs'] == 1 else 's'})"
         )
     return [*lines, "", *verdicts]
 

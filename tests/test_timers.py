@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import functools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rat.loop import Loop
 from rat.poller import make_poller
-from rat.timers import Timers
+from rat.timers import Timer, Timers
 
 # An action: ("set", delay) a timer `delay` after now, ("cancel", i) the
 # i-th timer set so far (modulo), ("advance", dt) the clock.
@@ -35,13 +37,13 @@ def test_timers_run_what_is_due_in_order_and_never_a_cancelled_one(
 ) -> None:
     timers = Timers()
     now = 0
-    handles = []
+    handles: list[Timer] = []
     model: dict[int, int] = {}  # timer number -> when, for those still due
     ran: list[int] = []
     for kind, value in actions:
         if kind == "set":
             number = len(handles)
-            handles.append(timers.call_at(now + value, lambda n=number: ran.append(n)))
+            handles.append(timers.call_at(now + value, functools.partial(ran.append, number)))
             model[number] = now + value
         elif kind == "cancel" and handles:
             number = value % len(handles)
@@ -74,8 +76,16 @@ def test_cancelling_most_timers_shrinks_the_heap() -> None:
 def test_a_callback_may_set_a_timer_that_is_already_due() -> None:
     timers = Timers()
     ran: list[str] = []
-    timers.call_at(1.0, lambda: (ran.append("a"), timers.call_at(0.5, lambda: ran.append("b"))))
-    timers.call_at(1.0, lambda: timers.call_at(2.0, lambda: ran.append("later")))
+
+    def first() -> None:
+        ran.append("a")
+        timers.call_at(0.5, lambda: ran.append("b"))  # in the past: runs in this call too
+
+    def second() -> None:
+        timers.call_at(2.0, lambda: ran.append("later"))  # after now: not in this call
+
+    timers.call_at(1.0, first)
+    timers.call_at(1.0, second)
     assert timers.run_due(1.0) == 3
     assert ran == ["a", "b"]
     assert timers.next_due() == 2.0

@@ -794,12 +794,14 @@ def summarize(
     if sm and sm["cpu_busy"] is not None and sm["cpu_busy"] >= 0.9:
         verdict.append("server-bound: the server had work for a whole CPU")
     if failed.get("timed out"):
+        n = failed["timed out"]
         verdict.append(
-            f"{failed['timed out']:,} connects timed out: the server fell behind accepting"
+            f"{n:,} connect{'' if n == 1 else 's'} timed out: the server fell behind accepting"
             " (its listen backlog overflowed)"
         )
     if s["anomalies"]:
-        verdict.append(f"{s['anomalies']} newcomer(s) failed to join")
+        n = s["anomalies"]
+        verdict.append(f"{n:,} newcomer{'' if n == 1 else 's'} failed to join")
     if not verdict:
         verdict.append("every newcomer joined")
     s["verdict"] = verdict

@@ -242,16 +242,17 @@ class Coordinator:
         cfg = self.cfg
         pairs = 2 if self.wire.split_connections else 1
         if cfg.scenario == "idle":
-            return f"{cfg.connections} connections, the probe included"
+            return f"{cfg.connections:,} connections, the probe included"
         if cfg.scenario == "chat":
             groups = cfg.rooms * len(cfg.servers) * (2 if cfg.ws_fraction > 0 else 1)
             refs = max(1, min(cfg.workers, cfg.clients)) * groups
             return (
-                f"{cfg.clients * pairs + refs + 1} connections: {cfg.clients} clients"
-                f"{' (2 each)' if pairs == 2 else ''}, about {refs} reference subscriber(s)"
+                f"{cfg.clients * pairs + refs + 1:,} connections: {cfg.clients:,} clients"
+                f"{' (2 each)' if pairs == 2 else ''}, about {refs:,} reference"
+                f" subscriber{'' if refs == 1 else 's'}"
                 " and the probe"
             )
-        return f"{cfg.publishers + cfg.subscribers + 1} connections, the probe included"
+        return f"{cfg.publishers + cfg.subscribers + 1:,} connections, the probe included"
 
     def run(self) -> Outcome:
         cfg, out = self.cfg, self.outcome
