@@ -394,10 +394,25 @@ def _limit_nofile(limit: int) -> Callable[[], None]:
     return apply
 
 
+def _leaking(limit: Callable[[], None] | None, leaked: int) -> Callable[[], None]:
+    """`limit`, then `leaked` open descriptors the server inherits (as from a careless parent)."""
+
+    def preexec() -> None:
+        if limit is not None:
+            limit()
+        for _ in range(leaked):
+            os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True)
+
+    return preexec
+
+
 def start_server(
-    rat_server: RatServer, exercise: Exercise, workdir: Path, *extra: str
+    rat_server: RatServer, exercise: Exercise, workdir: Path, *extra: str, leaked: int = 0
 ) -> ServerProcess:
-    """Run the chapter's set-up commands in `workdir`, then the chapter's `rat serve`."""
+    """Run the chapter's set-up commands in `workdir`, then the chapter's `rat serve`.
+
+    `leaked`: the server starts with that many extra descriptors open.
+    """
     for command in exercise.setup:
         done = subprocess.run(
             ["/bin/sh", "-c", command],
@@ -414,6 +429,8 @@ def start_server(
         for word in exercise.flags
     ]
     preexec = _limit_nofile(exercise.nofile) if exercise.nofile else None
+    if leaked:
+        preexec = _leaking(preexec, leaked)
     return rat_server(*flags, *extra, preexec=preexec)
 
 
@@ -604,6 +621,22 @@ def test_exercise_prints_the_same_on_the_select_backend(
         pytest.skip("the guide chose the backend")
     server = start_server(rat_server, exercise, tmp_path, "--backend", "select")
     assert run_exercise(exercise, server, tmp_path) == exercise.expected
+
+
+DESCRIPTOR_EXERCISES = [ex for ex in ALL_EXERCISES if ex.nofile]
+
+
+@pytest.mark.parametrize("exercise", DESCRIPTOR_EXERCISES, ids=lambda ex: ex.id)
+def test_descriptor_exercises_hold_with_inherited_descriptors(
+    rat_server: RatServer, exercise: Exercise, tmp_path: Path
+) -> None:
+    """A reader's shell may hand rat a descriptor or two: the exercise finds its own numbers."""
+    server = start_server(rat_server, exercise, tmp_path, leaked=2)
+    assert run_exercise(exercise, server, tmp_path) == exercise.expected
+
+
+def test_there_is_a_descriptor_exercise() -> None:
+    assert DESCRIPTOR_EXERCISES  # chapter 7 runs rat out of descriptors
 
 
 def test_trace_matching_abstracts_fds_and_ports() -> None:
