@@ -674,3 +674,32 @@ def test_top_writes_plain_frames_to_a_pipe(
     assert before == ""
     assert first.endswith("anyone\n\n")  # a frame, then a blank line
     assert second.endswith("anyone\n\n")
+
+
+def test_top_frames_fit_the_terminal_height(
+    bare_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More laggiest clients than rows: the frame is cut, or each redraw would scroll."""
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("LINES", "16")
+    behind = [
+        {
+            "id": i,
+            "addr": f"127.0.0.1:{5000 + i}",
+            "queued_bytes": 1000 * (30 - i),
+            "lag_seconds": 1.0,
+        }
+        for i in range(1, 21)
+    ]
+    out = Terminal()
+    run_top(monkeypatch, bare_server, out, clients={"count": 20, "clients": behind})
+    frames = live_frames(out.getvalue())
+    assert len(frames) == 2
+    for frame in frames:
+        # The last line's newline must not scroll either: at most LINES - 1 lines.
+        assert len(frame) == 15
+        assert frame[0].startswith("rat top  127.0.0.1:9100")
+        # 12 lines before the table's rows: room for the 3 laggiest, the rest cut off.
+        assert "127.0.0.1:5001" in frame[12]
+        assert "127.0.0.1:5003" in frame[14]
+        assert "127.0.0.1:5004" not in "".join(frame)
