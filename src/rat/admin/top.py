@@ -14,7 +14,9 @@ Every `--interval` seconds it fetches `/metrics` and
 
 Quantiles read from a histogram are bucket bounds ("p99 <= 250 ms"), not
 exact values.  A frame is redrawn with ANSI escapes (cursor home, clear to
-the end of each line and of the screen): no curses.  `--once` prints a single
+the end of each line and of the screen): no curses.  On a terminal it is cut
+to the terminal's width and height (the laggiest clients that do not fit are
+left out), so that a redraw never scrolls.  `--once` prints a single
 frame without escapes, after two scrapes `--interval` apart, for scripts.
 
 Only the standard library: `http.client` to fetch, a small parser for the
@@ -271,9 +273,13 @@ def run(
                 out.write(f"rat top: cannot read {address}: {err} (retrying)\n")
                 out.flush()
                 continue
-            # A terminal gets lines cut to its width; a pipe or a file, whole lines.
-            width = shutil.get_terminal_size().columns if live else None
-            frame = render_frame(address, previous, current, width)
+            # A terminal gets lines cut to its width, and no more lines than
+            # it has rows less one (the last line's newline must not scroll
+            # the frame's top away); a pipe or a file, whole frames.
+            size = shutil.get_terminal_size() if live else None
+            frame = render_frame(address, previous, current, size.columns if size else None)
+            if size is not None:
+                frame = frame[: max(1, size.lines - 1)]
             previous = current
             if once:
                 out.write("\n".join(frame) + "\n")
