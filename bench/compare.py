@@ -72,6 +72,9 @@ ALL_SERVERS = (
     "rat", "asyncio", "uvloop", "node", "redis", "selectors",
     "ws-websockets", "ws-websockets-uvloop", "ws-node", "tls-uvloop",
 )  # fmt: skip
+# the servers a scenario named on its own runs against when groups are named too
+# (the WebSocket and TLS peers only run their groups' scenarios then)
+CORE_SERVERS = ("rat", "asyncio", "uvloop", "node", "redis", "selectors")
 DEFAULT_VARIANTS = ("rat-c0=--coalesce-ms 0",)  # rat without its default coalescing
 # rat variants that need more than flags (a port from the log, a certificate, a
 # cluster): only run when named (--servers, or a scenario group)
@@ -1785,6 +1788,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def choose_servers(
+    named: list[str], servers: str | None, variants: list[tuple[str, list[str]]]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The servers to start, and (groups named) each scenario's servers.
+
+    `named`: the `--scenarios` names, groups among them; `servers`: `--servers`.
+    A group's scenario runs against the group's servers, plus the usual ones
+    (`CORE_SERVERS` and the variants) when it is also named on its own.
+    """
+    usual = [*ALL_SERVERS, *(name for name, _ in variants)]
+    known = [*usual, *RAT_FEATURES]
+    wanted_scens, groups = expand(named)
+    if servers:
+        return servers.split(","), {}
+    if not groups:
+        return usual, {}
+    plain = [name for name in named if name not in GROUPS]
+    core = {*CORE_SERVERS, *(name for name, _ in variants)} if plain else set()
+    scope = {
+        sc: sorted(
+            {n for g in groups if sc in GROUPS[g].scenarios for n in GROUPS[g].servers}
+            | (core if sc in plain else set())
+        )
+        for sc in wanted_scens
+    }
+    return [n for n in known if any(n in names for names in scope.values())], scope
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     variants = (
@@ -1795,22 +1826,10 @@ def main(argv: list[str]) -> int:
         return report(args, data["raw"], data["meta"], variants)
     if args.quick:
         args.reps, args.duration = 1, 1.0
-    usual = [*ALL_SERVERS, *(name for name, _ in variants)]
-    scope: dict[str, list[str]] = {}  # scenario -> its servers (groups only)
-    known = [*usual, *RAT_FEATURES]
+    known = [*ALL_SERVERS, *(name for name, _ in variants), *RAT_FEATURES]
     all_scens = scenarios(args.quick, args.duration)
     wanted_scens, groups = expand(args.scenarios.split(","))
-    if args.servers:
-        wanted = args.servers.split(",")
-    elif groups and len(groups) == len(args.scenarios.split(",")):  # only groups named
-        wanted = [n for n in known if any(n in GROUPS[g].servers for g in groups)]
-        # each scenario against the servers of the groups it is in, not every group's
-        scope = {
-            sc: sorted({n for g in groups if sc in GROUPS[g].scenarios for n in GROUPS[g].servers})
-            for sc in wanted_scens
-        }
-    else:
-        wanted = usual
+    wanted, scope = choose_servers(args.scenarios.split(","), args.servers, variants)
     unknown = [n for n in wanted if n not in known] + [
         n for n in wanted_scens if n not in {sc.name for sc in all_scens}
     ]

@@ -142,6 +142,22 @@ def test_which_scenario_runs_against_which_server() -> None:
     assert "--chat" in compare.reproduce(scens["rooms-chat"], specs["rat-chat"])
 
 
+def test_scenarios_and_groups_named_together() -> None:
+    compare = load_compare()
+    variants = [("rat-c0", ["--coalesce-ms", "0"])]
+    wanted, scope = compare.choose_servers(["sweep-even", "fanout-100", "tls"], None, variants)
+    core = {"rat", "rat-c0", "asyncio", "uvloop", "node", "redis", "selectors"}
+    assert set(scope["sweep-even"]) == core  # not the TLS peer
+    assert set(scope["fanout-100"]) == core | {"rat-tls", "tls-uvloop"}  # in both
+    assert set(scope["chat-100"]) == {"rat", "rat-tls", "tls-uvloop"}  # the group's only
+    assert set(wanted) == core | {"rat-tls", "tls-uvloop"}
+    wanted, scope = compare.choose_servers(["tls"], None, variants)  # a group alone
+    assert set(wanted) == {"rat", "rat-tls", "tls-uvloop"} and "rat-c0" not in scope["chat-100"]
+    wanted, scope = compare.choose_servers(["sweep-even"], None, variants)  # no group
+    assert scope == {} and "ws-node" in wanted and "rat-c0" in wanted
+    assert compare.choose_servers(["tls"], "rat,uvloop", variants) == (["rat", "uvloop"], {})
+
+
 def connect_run(per_s: float, completed: int, cpu_s: float | None) -> dict[str, object]:
     """A connect run as `rat bench connect --json` reports it (the figures compare.py reads)."""
     pct = {"p50": 900, "p99": 2000, "p99.9": 3000, "max": 4000}
