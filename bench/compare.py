@@ -421,9 +421,12 @@ class RunningServer:
                 redis_port = free_port()
                 self._start(redis_command(shutil.which("redis-server") or "", redis_port),
                             cpu, redis_port)  # fmt: skip
+                # the variant's flags name --redis (so that a rat without it is
+                # skipped); its value is this run's redis-server
+                command = [word for word in spec.command(0) if word != "--redis"]
                 url = ["--redis", f"redis://127.0.0.1:{redis_port}"]
                 for _ in range(spec.nodes):
-                    self.ports.append(self._start([*spec.command(0), *url], cpu))
+                    self.ports.append(self._start([*command, *url], cpu))
             else:
                 port = free_port() if spec.fixed_port else 0
                 self.ports.append(self._start(spec.command(port), cpu, port))
@@ -686,7 +689,7 @@ GROUPS = {
     ),
     "backplane": Group(
         "the Redis backplane: two rat nodes on one redis-server against one rat; Redis alone",
-        ("backplane-chat", "redis-publish"),
+        ("backplane-chat", "backplane-forward", "redis-publish"),
         ("rat", "rat-redis2", "redis"),
     ),
 }
@@ -786,6 +789,14 @@ def scenarios(quick: bool, duration: float) -> list[Scenario]:
             [*chat, *rates(BACKPLANE_RATES), "--pattern", "even"],
             "sweep",
             ("rat", "rat-redis2", "redis"),
+        ),
+        Scenario(
+            "backplane-forward",
+            "two nodes: one publisher on the first as fast as a 1,024-line window allows,"
+            " a subscriber on each (every line crosses Redis to the second)",
+            [*fanout, "--subscribers", "2"],
+            "fanout",
+            ("rat-redis2",),
         ),
         Scenario(
             "redis-publish",
@@ -1338,6 +1349,17 @@ def group_targets(
         rate = figure(s, "redis-publish", "redis", "published_per_s")
         rows.append(
             ("Redis alone: PUBLISH/s, 1,024-line window, 2 subscribers", fmt_num(rate), None)
+        )
+        forwarded = figure(s, "backplane-forward", "rat-redis2", "published_per_s")
+        lost = figure(s, "backplane-forward", "rat-redis2", "anomalies")
+        rows.append(
+            (
+                "cross-node: lines/s one node forwards through Redis to the other (fan-out 1 -> 2,"
+                " a subscriber on each node), against Redis's PUBLISH/s above",
+                f"{fmt_num(forwarded)}/s, {'-' if lost is None else lost} anomalies:"
+                f" {fmt_ratio(ratio(forwarded, rate))} of Redis alone",
+                None if lost is None else lost == 0,
+            )
         )
     return rows
 
