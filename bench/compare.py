@@ -1679,18 +1679,20 @@ def draw_chart(
             file=sys.stderr,
         )
         return False
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6), gridspec_kw={"width_ratios": [4, 4, 3, 2]})
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8), gridspec_kw={"width_ratios": [4, 4, 3, 3]})
+    # one colour per server for the whole figure (tab20: 20 distinct ones)
+    colour = {n: plt.get_cmap("tab20")(i % 20) for i, n in enumerate(names)}
     sweep = s.get("sweep-even", {})
     for ax, key, title in (
         (axes[0], "server_cpu", "chat 100, even: server CPU (share of one core)"),
         (axes[1], "p99_us", "chat 100, even: p99 latency (us, log)"),
     ):
-        for i, n in enumerate(names):
+        for n in names:
             rates = (sweep.get(n) or {}).get("rates") or {}
             xs = [int(r) for r in rates]
             ys = [(m.get(key) or float("nan")) for m in rates.values()]
             if xs:
-                ax.plot(xs, ys, marker="o", label=n, color=f"C{i}")
+                ax.plot(xs, ys, marker="o", label=n, color=colour[n])
         ax.set_xscale("log")
         ax.set_xlabel("lines/s published")
         if key == "p99_us":
@@ -1701,22 +1703,32 @@ def draw_chart(
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
-    fan = [sc for sc in scens if sc.kind == "fanout"]
-    width = 0.8 / max(1, len(names))
-    for i, n in enumerate(names):
+    # fan-out: the 1 -> N scenarios, the servers measured in them (log scale:
+    # the WebSocket peers cost a hundred times more)
+    fan = [sc for sc in scens if sc.kind == "fanout" and sc.name.startswith("fanout-")]
+    ran = [n for n in names if any((s.get(sc.name, {}).get(n) or {}).get("runs") for sc in fan)]
+    width = 0.8 / max(1, len(ran))
+    for i, n in enumerate(ran):
         vals = [(s.get(sc.name, {}).get(n) or {}).get("ns_per_delivered") or 0.0 for sc in fan]
-        bar_xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(fan))]
-        axes[2].bar(bar_xs, vals, width, label=n, color=f"C{i}")
+        bar_xs = [j + (i - (len(ran) - 1) / 2) * width for j in range(len(fan))]
+        axes[2].bar(bar_xs, vals, width, label=n, color=colour[n])
     axes[2].set_xticks(range(len(fan)), [sc.name for sc in fan])
-    axes[2].set_title("fan-out: server CPU per delivered line (ns)", fontsize=10)
+    axes[2].set_yscale("log")
+    axes[2].set_title("fan-out: server CPU per delivered line (ns, log)", fontsize=10)
     axes[2].grid(axis="y", alpha=0.3)
-    idle = [sc for sc in scens if sc.kind == "idle"]
+    if ran:
+        axes[2].legend(fontsize=7, ncol=2)
+    idle = [sc for sc in scens if sc.kind == "idle" and sc.name == "idle-10k"]
     if idle:
-        vals = [(s.get(idle[0].name, {}).get(n) or {}).get("rss_growth_kib") or 0 for n in names]
-        axes[3].bar(names, vals, color=[f"C{i}" for i in range(len(names))])
-        axes[3].axhline(0.5, color="k", lw=0.8, ls="--")
-        axes[3].set_title("idle: KiB RSS per connection", fontsize=10)
-        axes[3].tick_params(axis="x", rotation=45)
+        rows = s.get(idle[0].name, {})
+        shown = [n for n in names if (rows.get(n) or {}).get("rss_growth_kib") is not None]
+        vals = [rows[n]["rss_growth_kib"] for n in shown]
+        axes[3].barh(shown, vals, color=[colour[n] for n in shown])
+        axes[3].invert_yaxis()
+        axes[3].axvline(0.5, color="k", lw=0.8, ls="--")
+        axes[3].set_title("idle 10,000: KiB RSS per connection", fontsize=10)
+        axes[3].tick_params(axis="y", labelsize=8)
+        axes[3].grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
