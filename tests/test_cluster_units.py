@@ -1,24 +1,37 @@
-"""Scale-out logic without sockets: the message envelope, RESP, the back-off, the backplane.
+"""Scale-out logic without child processes: the message envelope, RESP, the back-off,
+the backplane, the Redis link's writes, the supervisor's restart schedule.
 
 The backplane is driven through a real `Hub` and a stand-in server and link:
-what a turn forwards, what arrives, what is dropped and counted.
+what a turn forwards, what arrives, what is dropped and counted.  The Redis
+link runs on a real loop against a listening socket that plays Redis, with
+its sockets' writes recorded.  The supervisor's restart decisions are driven
+with a fake clock and made-up wait statuses, without forking.
 """
 
 from __future__ import annotations
 
+import signal
+import socket
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import rat.cluster.redis as redis_link
 from rat.cluster import resp
 from rat.cluster.backoff import backoff_delay
 from rat.cluster.backplane import NOTICE_BACK, NOTICE_DOWN, Backplane, Histogram, Outgoing
 from rat.cluster.message import Message, decode, encode, header, new_origin
+from rat.cluster.stream import start_connect
+from rat.cluster.workers import RESTART_CAP, RESTART_FIRST, STABLE_AFTER, Supervisor
+from rat.config import Config
 from rat.hub import Hub, Room
+from rat.loop import Loop
+from rat.poller import make_poller
 
 # ------------------------------------------------------------------ message
 
@@ -380,3 +393,248 @@ def test_prometheus_families() -> None:
         assert expected in lines, text
     for name in ("lines_forwarded_total", "dropped_total", "lag_seconds"):
         assert f"# HELP rat_backplane_{name} " in text
+
+
+# ------------------------------------------------------- the Redis link's writes
+
+
+class RecordingSocket:
+    """A real socket whose `sendmsg` calls are recorded (the bytes each one sent)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+    def sendmsg(self, buffers: list[bytes | memoryview]) -> int:
+        sent = self.sock.sendmsg(buffers)
+        self.writes.append(b"".join(bytes(b) for b in buffers)[:sent])
+        return sent
+
+
+class LoopServer:
+    """What the backplane uses of a server, on a real loop."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.hub = Hub()
+        self.loop = loop
+        self.stopping = False
+
+    def publish_remote(self, room: Room, block: bytes) -> None:
+        self.hub.publish_remote(block, room)
+
+
+def turn_until(loop: Loop, done: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the loop never got there"
+        loop.run_once(0.05)
+
+
+def read_commands(sock: socket.socket, count: int) -> tuple[list[Any], bytes]:
+    """`count` RESP commands from `sock` (blocking, with its timeout), and their bytes."""
+    reader = resp.PyReader()
+    got: list[Any] = []
+    wire = b""
+    while len(got) < count:
+        data = sock.recv(65536)
+        assert data, f"EOF after {got!r}"
+        wire += data
+        reader.feed(data)
+        while (command := reader.gets()) is not False:
+            got.append(command)
+    return got, wire
+
+
+def test_a_turn_goes_to_redis_as_one_write_of_pipelined_publishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15: one pipelined write per turn carrying all of that turn's lines.
+
+    A turn with lines in three rooms reaches the publisher's socket in one
+    `sendmsg`: one PUBLISH per room, in the order the rooms were first
+    published to that turn, each carrying all of its room's lines in order.
+    """
+    made: list[RecordingSocket] = []
+
+    def recording_connect(family: int, sockaddr: tuple[object, ...]) -> socket.socket:
+        made.append(RecordingSocket(start_connect(family, sockaddr)))
+        return made[-1]  # type: ignore[return-value]
+
+    monkeypatch.setattr(redis_link, "start_connect", recording_connect)
+    fake_redis = socket.create_server(("127.0.0.1", 0))
+    fake_redis.settimeout(5)
+    loop = Loop(make_poller())
+    server = LoopServer(loop)
+    backplane = Backplane(server, new_origin(), notices=True)  # type: ignore[arg-type]
+    link = redis_link.RedisLink(
+        loop,
+        backplane,
+        redis_link.parse_url("redis://127.0.0.1"),
+        "rat",
+        rooms=True,
+        addrinfo=[(socket.AF_INET, fake_redis.getsockname())],
+    )
+    backplane.link = link
+    accepted: list[socket.socket] = []
+    try:
+        link.start()
+        accepted = [fake_redis.accept()[0] for _ in range(2)]
+        pub_sock, sub_sock = made  # the link opens the publisher first
+        by_peer = {sock.getpeername(): sock for sock in accepted}
+        pub_side = by_peer[pub_sock.getsockname()]
+        sub_side = by_peer[sub_sock.getsockname()]
+        for sock in accepted:
+            sock.settimeout(5)
+        turn_until(loop, lambda: bool(sub_sock.writes))
+        assert read_commands(sub_side, 1)[0] == [[b"PSUBSCRIBE", b"rat:#*"]]
+        sub_side.sendall(b"*3\r\n$10\r\npsubscribe\r\n$6\r\nrat:#*\r\n:1\r\n")
+        turn_until(loop, lambda: link.up)
+        assert pub_sock.writes == []  # no password: nothing to say before the first turn
+
+        hub = server.hub
+        rust, go = hub.room("#rust"), hub.room("#go")
+        hub.publish("alice", b"a1\n")
+        hub.publish("bob", b"r1\n", rust)
+        hub.publish("alice", b"a2\na3\n")
+        hub.publish("carol", b"g1\n", go)
+        hub.publish("bob", b"r2\n", rust)
+        loop.run_once(0)  # the turn ends: the backplane hands it to the link
+
+        assert len(pub_sock.writes) == 1, pub_sock.writes  # one syscall for the whole turn
+        commands, wire = read_commands(pub_side, 3)
+        assert wire == pub_sock.writes[0]  # and nothing else on the wire
+        assert [command[:2] for command in commands] == [
+            [b"PUBLISH", b"rat:#lobby"],
+            [b"PUBLISH", b"rat:#rust"],
+            [b"PUBLISH", b"rat:#go"],
+        ]
+        messages = [decode(command[2]) for command in commands]
+        assert [(m.room, m.payload) for m in messages if m is not None] == [
+            ("#lobby", b"a1\na2\na3\n"),
+            ("#rust", b"r1\nr2\n"),
+            ("#go", b"g1\n"),
+        ]
+        assert backplane.counters.lines_forwarded == 6
+
+        hub.publish("alice", b"next turn\n")
+        loop.run_once(0)
+        assert len(pub_sock.writes) == 2  # the next turn is the next write
+        assert read_commands(pub_side, 1)[0][0][:2] == [b"PUBLISH", b"rat:#lobby"]
+        assert len(sub_sock.writes) == 1  # the subscriber only ever sent its PSUBSCRIBE
+    finally:
+        link.close()
+        loop.close()
+        for sock in accepted:
+            sock.close()
+        fake_redis.close()
+
+
+# ----------------------------------------------------- the supervisor's restarts
+
+KILLED = signal.SIGKILL  # the wait status of a child killed by SIGKILL
+FAILED = 1 << 8  # the wait status of a child that exited with status 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def supervised() -> Iterator[tuple[Supervisor, FakeClock, list[int]]]:
+    """A supervisor of two running, ready workers; a restart records the slot, forks nothing."""
+    clock = FakeClock()
+
+    def no_build(*args: object) -> int:
+        raise AssertionError("no worker is built in these tests")
+
+    supervisor = Supervisor(Config(workers=2), no_build, [], clock=clock)
+    restarted: list[int] = []
+
+    def restart(slot: Any) -> None:  # what _restart/_fork record of a new worker
+        restarted.append(slot.index)
+        slot.pid = 9000 + len(restarted)
+        slot.started = clock()
+        slot.ready = False
+        slot.restart_at = None
+
+    supervisor._restart = restart  # type: ignore[method-assign]
+    for slot in supervisor.slots:
+        slot.pid, slot.ready, slot.started = 100 + slot.index, True, clock()
+    try:
+        yield supervisor, clock, restarted
+    finally:
+        supervisor._wake_r.close()
+        supervisor._wake_w.close()
+
+
+def die_and_restart(supervisor: Supervisor, clock: FakeClock, lived: float) -> float:
+    """Worker 1 dies after `lived` seconds; return the delay before its restart (checked)."""
+    slot = supervisor.slots[0]
+    clock.now = slot.started + lived
+    assert not supervisor._exited(slot, KILLED)
+    assert slot.pid == 0 and slot.restart_at is not None and not slot.done
+    delay = slot.restart_at - clock.now
+    clock.now = slot.restart_at - 0.001
+    supervisor._restart_due()
+    assert slot.pid == 0  # not before its time
+    clock.now = slot.restart_at
+    supervisor._restart_due()
+    assert slot.pid != 0  # restarted when due
+    return delay
+
+
+def test_a_worker_that_keeps_dying_waits_longer_each_time_up_to_the_cap(
+    supervised: tuple[Supervisor, FakeClock, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor, clock, restarted = supervised
+    delays = [die_and_restart(supervisor, clock, lived=1.0) for _ in range(9)]
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+    assert delays[0] == pytest.approx(RESTART_FIRST) and max(delays) == pytest.approx(RESTART_CAP)
+    assert restarted == [1] * 9
+    assert supervisor.slots[1].pid == 102  # the other worker was left alone
+    assert "worker 1 (pid 101) died (killed by SIGKILL) after 1.0 s" in caplog.text
+    assert "restarting it in 0.1 s" in caplog.text
+
+
+def test_a_worker_that_lived_long_enough_restarts_soon_again(
+    supervised: tuple[Supervisor, FakeClock, list[int]],
+) -> None:
+    supervisor, clock, _ = supervised
+    for _ in range(7):
+        die_and_restart(supervisor, clock, lived=1.0)  # at the cap now
+    assert die_and_restart(supervisor, clock, lived=STABLE_AFTER - 0.1) == pytest.approx(5.0)
+    assert die_and_restart(supervisor, clock, lived=STABLE_AFTER) == pytest.approx(0.1)
+    assert die_and_restart(supervisor, clock, lived=1.0) == pytest.approx(0.2)  # grows again
+
+
+def test_a_worker_that_exits_0_or_during_the_stop_is_not_restarted(
+    supervised: tuple[Supervisor, FakeClock, list[int]],
+) -> None:
+    supervisor, clock, restarted = supervised
+    first, second = supervisor.slots
+    assert not supervisor._exited(first, 0)
+    assert first.done and first.restart_at is None
+    supervisor.stopping = True
+    assert not supervisor._exited(second, FAILED)
+    assert second.done and second.restart_at is None and second.status == 1
+    clock.now += 60
+    supervisor._restart_due()
+    assert restarted == []
+
+
+def test_a_worker_that_dies_before_any_is_ready_fails_the_start(
+    supervised: tuple[Supervisor, FakeClock, list[int]],
+) -> None:
+    supervisor, _, restarted = supervised
+    for slot in supervisor.slots:
+        slot.ready = False
+    first = supervisor.slots[0]
+    assert supervisor._exited(first, FAILED)  # the supervisor stops: no restart loop
+    assert first.done and first.restart_at is None and restarted == []

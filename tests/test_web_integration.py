@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ from wsproto.events import (
 )
 from wsproto.events import Message as WsMessage
 
-from conftest import SRC, ServerProcess, recv_lines
+from conftest import SRC, ServerProcess, assert_silent, recv_lines
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -273,6 +274,43 @@ def test_origin_rule(rat_server: StartServer, opened: ExitStack) -> None:
     web.ws(origin="https://chat.example.org")  # listed
     web.ws()  # no Origin: not a browser
     server.wait_for_log(r"forbidden origin \(origin http://evil\.example is not allowed")
+
+
+def test_websocket_client_authenticates_with_its_first_message(
+    rat_server: StartServer, opened: ExitStack, tmp_path: Path
+) -> None:
+    """`--token-file` over plain ws:// (the WSS case is in test_tls_web): the first
+    message is the AUTH line; a wrong or missing token gets `ERR auth failed` and a
+    close, and nothing the refused client sent is relayed."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("web-token\n")
+    web = Web(rat_server("--web", "0", "--token-file", str(tokens)), opened)
+    member = web.tcp()
+    member.sendall(b"AUTH web-token\n")
+    assert recv_lines(member, 1) == [b"* ok\n"]
+
+    browser = web.ws()
+    browser.send("AUTH web-token")
+    assert browser.recv(timeout=10) == "* ok"
+    member.sendall(b"hello page\n")
+    assert browser.recv(timeout=10) == "hello page"
+    browser.send("hello line client")
+    assert recv_lines(member, 1) == [b"hello line client\n"]
+
+    intruder = web.ws()
+    intruder.send("AUTH wrong")
+    assert intruder.recv(timeout=10) == "ERR auth failed"
+    assert closed_code(intruder) == 1000  # a graceful close, after the ERR message
+    stranger = web.ws()
+    stranger.send("hello without a token")
+    assert stranger.recv(timeout=10) == "ERR auth failed"
+    assert closed_code(stranger) == 1000
+    assert_silent(member)  # neither refused client's message reached anyone
+    with pytest.raises(TimeoutError):
+        browser.recv(timeout=0.3)
+    web.server.wait_for_log(r"disconnect 127\.0\.0\.1:\d+: auth failed \(wrong token\)")
+    web.server.wait_for_log(r"disconnect 127\.0\.0\.1:\d+: auth failed \(no AUTH line\)")
+    assert_no_traceback(web.server)
 
 
 def test_web_clients_count_towards_max_clients(rat_server: StartServer) -> None:

@@ -326,8 +326,10 @@ class Supervisor:
         config: Config,
         build: BuildFn,
         held: list[socket.socket],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.clock = clock  # for restart times and lifetimes (the tests pass a fake one)
         self.build = build
         self.held = held  # the bound, not listening, sockets that keep the port
         self.slots = [_Slot(i + 1) for i in range(config.workers)]
@@ -387,7 +389,7 @@ class Supervisor:
         self.signals.append(signum)
 
     def _wait(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         due = [s.restart_at for s in self.slots if s.restart_at is not None]
         timeout = max(0.0, min(due) - now) if due else None
         watched = [self._wake_r] + [s.control for s in self.slots if s.control is not None]
@@ -501,7 +503,7 @@ class Supervisor:
         slot.pid = pid
         slot.control = ours
         slot.ready = False
-        slot.started = time.monotonic()
+        slot.started = self.clock()
         slot.restart_at = None
 
     def _forget_in_child(
@@ -539,44 +541,52 @@ class Supervisor:
             if not pid:
                 return failed_early
             slot = next((s for s in self.slots if s.pid == pid), None)
-            if slot is None:
-                continue
-            was_ready = slot.ready
-            slot.pid = 0
-            slot.ready = False
-            if slot.control is not None:
-                slot.control.close()
-                slot.control = None
-            code = os.waitstatus_to_exitcode(status)
-            slot.status = code
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
-            if self.stopping or code == 0:
-                slot.done = True
-                log.info("worker %d (pid %d) exited (%s)", slot.index, pid, how)
-                continue
-            if not was_ready and slot.failures == 0 and not any(s.ready for s in self.slots):
-                log.error("worker %d (pid %d) failed to start (%s)", slot.index, pid, how)
-                slot.done = True
+            if slot is not None and self._exited(slot, status):
                 failed_early = True
-                continue
-            lived = time.monotonic() - slot.started
-            if lived >= STABLE_AFTER:
-                slot.failures = 0
-            delay = backoff_delay(slot.failures, first=RESTART_FIRST, cap=RESTART_CAP)
-            slot.failures += 1
-            slot.restart_at = time.monotonic() + delay
-            log.warning(
-                "worker %d (pid %d) died (%s) after %.1f s; its clients were disconnected;"
-                " restarting it in %.1f s",
-                slot.index,
-                pid,
-                how,
-                lived,
-                delay,
-            )
+
+    def _exited(self, slot: _Slot, status: int) -> bool:
+        """`slot`'s worker exited with wait `status`: mark it done or schedule its restart.
+
+        True if it died before it was ready (the whole start failed).
+        """
+        pid = slot.pid
+        was_ready = slot.ready
+        slot.pid = 0
+        slot.ready = False
+        if slot.control is not None:
+            slot.control.close()
+            slot.control = None
+        code = os.waitstatus_to_exitcode(status)
+        slot.status = code
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+        if self.stopping or code == 0:
+            slot.done = True
+            log.info("worker %d (pid %d) exited (%s)", slot.index, pid, how)
+            return False
+        if not was_ready and slot.failures == 0 and not any(s.ready for s in self.slots):
+            log.error("worker %d (pid %d) failed to start (%s)", slot.index, pid, how)
+            slot.done = True
+            return True
+        now = self.clock()
+        lived = now - slot.started
+        if lived >= STABLE_AFTER:
+            slot.failures = 0
+        delay = backoff_delay(slot.failures, first=RESTART_FIRST, cap=RESTART_CAP)
+        slot.failures += 1
+        slot.restart_at = now + delay
+        log.warning(
+            "worker %d (pid %d) died (%s) after %.1f s; its clients were disconnected;"
+            " restarting it in %.1f s",
+            slot.index,
+            pid,
+            how,
+            lived,
+            delay,
+        )
+        return False
 
     def _restart_due(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for slot in self.slots:
             if slot.restart_at is not None and slot.restart_at <= now and not self.stopping:
                 self._restart(slot)
