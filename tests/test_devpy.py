@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -89,6 +90,10 @@ def write_script(path: Path, text: str) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Checkout:
     """A temp directory holding a copy of dev.py, a pyproject.toml and the fakes."""
 
@@ -116,6 +121,10 @@ class Checkout:
             [sys.executable, str(self.root / "dev.py"), *args],
             cwd=self.root,
             env={**self.env, **env},
+            # Ctrl-C as in a terminal, even when this suite itself runs in the
+            # background (`cmd &` in a script starts it with SIGINT ignored,
+            # and an ignored signal stays ignored across exec).
+            preexec_fn=_default_sigint,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
