@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from conftest import ServerProcess, recv_lines
+from conftest import ServerProcess, assert_silent, recv_lines
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -245,35 +245,100 @@ def test_a_phone_screen(page_and_tcp: Setup) -> None:
     screenshot(page, "web-page-phone.png")
 
 
-def test_chat_mode_shows_nick_and_room_and_offers_commands(page_and_tcp: Setup) -> None:
-    """The page reads a chat server's greeting (here sent by a TCP client as the first line)."""
-    _, page, tcp = page_and_tcp(sync=False)  # the greeting must be the page's first line
-    tcp.sendall(b"* welcome guest7, you are in #lobby; /help lists the commands\n")
-    expect(page.locator("#nick")).to_have_text("guest7", timeout=WAIT_MS)
-    expect(page.locator("#room")).to_have_text("#lobby")
+GREETING = (  # rat.chat.session, `Chat._enter`
+    "* welcome, you are {} in #lobby ({} here);"
+    " /nick NAME to change your nick, /help for the commands"
+)
+
+
+def test_chat_mode_shows_nick_and_room_and_offers_commands(
+    rat_server: StartServer,
+    pages: Callable[..., Page],
+    tcp_clients: Callable[[ServerProcess], socket.socket],
+) -> None:
+    """A real chat server (`--chat --web`): the page follows its greeting and its replies."""
+    server = rat_server("--chat", "--web", "0")
+    page = open_chat(pages(), server)  # the first client: guest1
+    wait_for_line(page, GREETING.format("guest1", 1))
     expect(page.locator("#where")).to_be_visible()
+    expect(page.locator("#nick")).to_have_text("guest1")
+    expect(page.locator("#room")).to_have_text("#lobby")
 
     page.fill("#line", "/")
-    expect(page.locator("#hints button")).to_have_count(5)
+    hints = page.locator("#hints button")
+    expect(hints).to_have_count(5)
+    names = hints.evaluate_all("buttons => buttons.map(b => b.firstChild.textContent)")
+    assert names == ["/nick", "/join", "/who", "/rooms", "/help"]
     page.fill("#line", "/j")
-    expect(page.locator("#hints button")).to_have_count(1)
+    expect(hints).to_have_count(1)
     page.press("#line", "Tab")
     expect(page.locator("#line")).to_have_value("/join #")
-    page.fill("#line", "/join #kitchen")
-    page.press("#line", "Enter")
-    assert recv_lines(tcp, 1) == [b"/join #kitchen\n"]
-    tcp.sendall(b"* guest7 joined #kitchen\n* guest7 is now alice\n")
-    expect(page.locator("#room")).to_have_text("#kitchen", timeout=WAIT_MS)
-    expect(page.locator("#nick")).to_have_text("alice", timeout=WAIT_MS)
+
+    send_from_page(page, "/nick bob")
+    wait_for_line(page, "* you are now bob")
+    expect(page.locator("#nick")).to_have_text("bob")
+
+    # An nc-style client, in #kitchen first.
+    tcp = tcp_clients(server)
+    assert recv_lines(tcp, 1) == [GREETING.format("guest2", 2).encode() + b"\n"]
+    wait_for_line(page, "* guest2 joined #lobby")
+    tcp.sendall(b"/join #kitchen\n")
+    assert recv_lines(tcp, 1) == [b"* you joined #kitchen (1 here)\n"]
+    wait_for_line(page, "* guest2 left #lobby")
+    expect(page.locator("#room")).to_have_text("#lobby")  # someone else's move
+
+    # Rooms ignore case: the page shows the room the server names.
+    send_from_page(page, "/join #Kitchen")
+    wait_for_line(page, "* you joined #kitchen (2 here)")
+    expect(page.locator("#room")).to_have_text("#kitchen")
+    assert recv_lines(tcp, 1) == [b"* bob joined #kitchen\n"]
 
     # What the page sends is raw input; what it shows for it is what the others see.
-    tcp.sendall(b"* bob joined #kitchen\n<bob> hi alice, the kettle is on\n")
-    wait_for_line(page, "<bob> hi alice, the kettle is on")
-    send_from_page(page, "thanks bob, two sugars please")
-    assert recv_lines(tcp, 1) == [b"thanks bob, two sugars please\n"]
-    wait_for_line(page, "<alice> thanks bob, two sugars please")
+    send_from_page(page, "hello")
+    assert recv_lines(tcp, 1) == [b"<bob> hello\n"]
+    wait_for_line(page, "<bob> hello")
+    tcp.sendall(b"hi bob, the kettle is on\n")
+    wait_for_line(page, "<guest2> hi bob, the kettle is on")
     send_from_page(page, "/me waves")
-    assert recv_lines(tcp, 1) == [b"/me waves\n"]
-    wait_for_line(page, "* alice waves")
+    assert recv_lines(tcp, 1) == [b"* bob waves\n"]
+    wait_for_line(page, "* bob waves")
+
+    # A refused /nick changes nothing; nor does a line that only looks like a reply.
+    send_from_page(page, "/nick guest2")
+    wait_for_line(page, "ERR nick guest2 is taken: choose another with /nick NAME")
+    tcp.sendall(b"/nick you\n/me are now mallory\n")
+    assert recv_lines(tcp, 1) == [b"* you are now you\n"]
+    wait_for_line(page, "* you are now mallory")
+    expect(page.locator("#nick")).to_have_text("bob")
+    expect(page.locator("#room")).to_have_text("#kitchen")
     page.fill("#line", "/")  # the command hints, for the picture
     screenshot(page, "web-page-chat.png")
+
+
+def test_chat_mode_quit_leaves_and_the_page_stays_out(
+    rat_server: StartServer,
+    pages: Callable[..., Page],
+    tcp_clients: Callable[[ServerProcess], socket.socket],
+) -> None:
+    """After /quit the page does not come back by itself as a new guest; a click brings it back."""
+    server = rat_server("--chat", "--web", "0")
+    page = open_chat(pages(), server)
+    expect(page.locator("#nick")).to_have_text("guest1", timeout=WAIT_MS)
+    tcp = tcp_clients(server)
+    assert recv_lines(tcp, 1) == [GREETING.format("guest2", 2).encode() + b"\n"]
+
+    send_from_page(page, "/quit")
+    wait_for_line(page, "* bye")
+    wait_for_line(page, "disconnected (quit)")
+    assert recv_lines(tcp, 1) == [b"* guest1 left #lobby\n"]
+    state = page.locator("#state")
+    expect(state).to_have_attribute("data-state", "offline")
+    expect(page.locator("#where")).to_be_hidden()
+    page.wait_for_timeout(1500)  # three times the first reconnect delay
+    expect(state).to_have_attribute("data-state", "offline")
+    assert_silent(tcp)  # nobody joined the lobby
+
+    state.click()
+    expect(state).to_have_attribute("data-state", "online", timeout=WAIT_MS)
+    expect(page.locator("#nick")).to_have_text("guest3", timeout=WAIT_MS)
+    assert recv_lines(tcp, 1) == [b"* guest3 joined #lobby\n"]

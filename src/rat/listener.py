@@ -15,14 +15,26 @@ in order:
 1. `make_room()`: the server closes a client that is only half there (it sent
    EOF, see SPEC "half-close") to free a descriptor, and we accept again.
 2. The spare descriptor: we keep one descriptor open for this moment.  Closing
-   it lets `accept()` take the waiting connection, which is told
-   `ERR server busy` and closed (shed), and the spare is reopened.  Linux
-   reserves the new descriptor before it looks at the backlog, so EMFILE can
-   also mean "nobody waiting": with the spare freed, `accept()` then says
-   `BlockingIOError` and we know.
+   it lets `accept()` take the waiting connection, which is told it is busy
+   (in its listener's protocol, see below) and closed (shed), and the spare
+   is reopened.  Linux reserves the new descriptor before it looks at the
+   backlog, so EMFILE can also mean "nobody waiting": with the spare freed,
+   `accept()` then says `BlockingIOError` and we know.
 3. No spare (another process took the last descriptor: ENFILE): stop
    watching the listener for a while (doubling, capped), so that a backlog we
    cannot drain does not wake us in a loop, then try again.
+
+The busy reply
+--------------
+A shed connection is told why in the protocol its listener speaks
+(`Acceptor.busy`): the line `ERR server busy` on a plain TCP or Unix
+listener, a minimal HTTP/1.1 503 with `Connection: close` on the web and
+admin ports (their clients expect HTTP, and a browser shows the 503's text
+instead of garbage).  The 503 is written out here rather than built with h11,
+so that the plain TCP server imports no HTTP library; tests check that it is
+exactly what `rat.web.http.canned_response(503, b"server busy\n")` builds.
+A listener may set its own bytes (`busy`): b"" closes without a word, as the
+web port does under TLS (bytes in the clear would be garbage to a TLS client).
 """
 
 from __future__ import annotations
@@ -43,6 +55,22 @@ log = logging.getLogger("rat")
 ACCEPT_BACKOFF_MIN = 0.05  # seconds to stop accepting when out of descriptors
 ACCEPT_BACKOFF_MAX = 1.0
 ERR_SERVER_BUSY = b"ERR server busy\n"
+HTTP_SERVER_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 12\r\n"
+    b"Connection: close\r\n"
+    b"Server: rat\r\n"
+    b"\r\n"
+    b"server busy\n"
+)
+# Listener kinds whose clients speak HTTP (rat.web, rat.admin); others speak lines.
+HTTP_KINDS = frozenset({"web", "admin"})
+
+
+def busy_reply(kind: str) -> bytes:
+    """What a connection shed for lack of descriptors is told, by listener kind."""
+    return HTTP_SERVER_BUSY if kind in HTTP_KINDS else ERR_SERVER_BUSY
 
 
 class SpareDescriptor:
@@ -90,11 +118,14 @@ class Acceptor:
         *,
         on_shed: Callable[[str], None] | None = None,
         kind: str = "listener",
+        busy: bytes | None = None,
     ) -> None:
+        """`busy`: what a shed connection is told (by default `busy_reply(kind)`)."""
         self.loop = loop
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()
         self.kind = kind
+        self.busy = busy_reply(kind) if busy is None else busy
         self.on_accept = on_accept
         self.make_room = make_room
         self.spare = spare
@@ -158,7 +189,7 @@ class Acceptor:
             self._note_emfile(err)
             shown = format_addr(addr)
             log.debug("refused %s: out of file descriptors", shown)
-            refuse(conn, ERR_SERVER_BUSY)
+            refuse(conn, self.busy)
             if self.on_shed is not None:
                 self.on_shed(shown)
         return self.spare.restore() and conn is not None

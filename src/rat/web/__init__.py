@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 SERVER_FULL = canned_response(503, b"server full\n")
+# Out of descriptors (rat.listener sheds the connection): the same kind of 503.
+SERVER_BUSY = canned_response(503, b"server busy\n")
 
 
 def serve_web(
@@ -59,4 +61,10 @@ def serve_web(
     site = WebSite.create(max_line, origins)
     factory = functools.partial(WebConn, site=site, wrap=wrap)
     server.listen(socks, factory, kind="web", refusal=SERVER_FULL)
+    # A connection shed for lack of descriptors is told so in HTTP; under TLS
+    # it is closed without a word (HTTP in the clear is garbage to a TLS client).
+    busy = SERVER_BUSY if wrap is None else b""
+    for acceptor in server.acceptors:
+        if acceptor.sock in socks:
+            acceptor.busy = busy
     return site
