@@ -93,7 +93,9 @@ class Security:
 
             # A client beyond --max-clients is closed without a word: a line in
             # the clear would only be garbage to a TLS client.
-            server.listen(line_listeners, tls_line_factory(self.certificates), refusal=b"")
+            server.listen(
+                line_listeners, tls_line_factory(self.certificates), refusal=b"", busy=b""
+            )  # a TLS client is told nothing in the clear
             server.reloaders.append(self.certificates.reload)
         if self.unix_socket is not None:
             server.listen([self.unix_socket], UnixConn, kind="unix")

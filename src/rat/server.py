@@ -234,12 +234,15 @@ class Server:
         factory: Callable[[Server, socket.socket, str], Conn] = Conn,
         kind: str = "listener",
         refusal: bytes = ERR_SERVER_FULL,
+        busy: bytes | None = None,
     ) -> None:
         """Accept on `socks`; each new connection is `factory(server, sock, addr)`.
 
         Plain TCP listeners make a `Conn`; other listeners (the web port, the
         admin port) pass their own connection class, and `refusal`, what a
-        client beyond `--max-clients` is told in their protocol.
+        client beyond `--max-clients` is told in their protocol; `busy`, what
+        one shed for lack of descriptors is told (default: by `kind`,
+        `rat.listener.busy_reply`; b"": nothing, as under TLS).
         """
         for sock in socks:
             acceptor = Acceptor(
@@ -250,6 +253,7 @@ class Server:
                 self.spare,
                 on_shed=self._on_shed,
                 kind=kind,
+                busy=busy,
             )
             self.acceptors.append(acceptor)
 

@@ -60,11 +60,8 @@ def serve_web(
     """
     site = WebSite.create(max_line, origins)
     factory = functools.partial(WebConn, site=site, wrap=wrap)
-    server.listen(socks, factory, kind="web", refusal=SERVER_FULL)
     # A connection shed for lack of descriptors is told so in HTTP; under TLS
     # it is closed without a word (HTTP in the clear is garbage to a TLS client).
     busy = SERVER_BUSY if wrap is None else b""
-    for acceptor in server.acceptors:
-        if acceptor.sock in socks:
-            acceptor.busy = busy
+    server.listen(socks, factory, kind="web", refusal=SERVER_FULL, busy=busy)
     return site
