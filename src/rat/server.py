@@ -473,38 +473,11 @@ class Server:
             sent_total += sent
             if sent < size:
                 conn.keep_unsent(data, sent, now)
-        if room.layered:
-            # Members behind a layer.  One whose layer does not seal
-            # (WebSocket: frames are the same for everyone) and that is up to
-            # date takes the same path as a plain member, with the turn's
-            # wire bytes, encoded once per layer kind; the rest (TLS, a
-            # backlog, its own lines in the turn, a closing one) ask their
-            # connection (`LayeredConn.deliver_turn`).
-            wires: dict[type, bytes] = {}
-            for member in list(room.layered):
-                layer = member.layer
-                if layer.seals or member.pending or member in own or member.state != OPEN:
-                    member.deliver_turn(turn, now)
-                    continue
-                kind = type(layer)
-                wire = wires.get(kind)
-                if wire is None:
-                    wire = wires[kind] = layer.encode_turn(turn)
-                if not wire:
-                    continue
-                delivered += lines
-                try:
-                    sent = member.sock.send(wire)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as err:
-                    member.close(close_reason(err))
-                    continue
-                sent_total += sent
-                if sent < len(wire):
-                    member.keep_unsent(wire, sent, now)
         self.counters.deliveries += delivered
         self.counters.bytes_out += sent_total
+        if room.layered:
+            for layered in list(room.layered):
+                layered.deliver_turn(turn, now)
 
     def _enqueue(self, conn: Conn, turn: Turn, now: float) -> None:
         """The turn's lines for a sender or a member with a backlog: queue, then send."""
