@@ -437,6 +437,20 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def wait_for_fds_freed(pid: int, baseline: int, a: socket.socket, b: socket.socket) -> None:
+    """Wait (10 s at most) until server `pid` is back to about `baseline` descriptors.
+
+    Departed clients look half-closed (a FIN), and each is noticed when a
+    broadcast to it meets a reset: so `a` keeps sending and `b` reading.
+    """
+    deadline = time.monotonic() + 10
+    while open_fds(pid) > baseline + 3:
+        assert time.monotonic() < deadline, f"{open_fds(pid)} fds still open (baseline {baseline})"
+        a.sendall(b"nudge\n")
+        assert recv_lines(b, 1) == [b"nudge\n"]
+        time.sleep(0.05)
+
+
 def run_rat(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run `python -m rat serve ARGS` to completion (for start failures)."""
     env = dict(os.environ)
