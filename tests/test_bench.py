@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,6 +42,7 @@ from benchkit import (
 from conftest import ServerProcess
 from ratbench import add_arguments, config_from_args
 from ratbench.check import LatencyHistogram, SeqTracker, percentiles, round_down_3
+from ratbench.connect import is_timed
 from ratbench.wire import (
     MIN_LINE_SIZE,
     LineEncoder,
@@ -288,6 +290,27 @@ def test_round_down_3_keeps_three_digits(value: int) -> None:
     assert abs(rounded) <= abs(value)
     assert abs(value) - abs(rounded) <= max(0, abs(value) // 100)
     assert round_down_3(rounded) == rounded
+
+
+@given(count=st.integers(1, 2000), want=st.integers(-1, 2100))
+def test_timed_receivers_are_spread_over_the_connection_order(count: int, want: int) -> None:
+    """`want` of `count`, evenly spaced: not just the first ones a server accepted."""
+    chosen = [i for i in range(count) if is_timed(i, count, want)]
+    assert len(chosen) == (count if want < 0 else min(want, count))
+    if 0 < want < count:
+        gap = count / want
+        for k, i in enumerate(chosen):  # the k-th falls in the k-th of `want` equal stretches
+            assert k * gap - 1 < i < (k + 1) * gap
+        if want >= 2:
+            assert chosen[-1] >= count - gap  # one sits at the end too
+
+
+@given(values=st.lists(st.integers(-(10**8), 10**8), min_size=1, max_size=300))
+def test_fold_rounds_every_value_like_round_down_3(values: list[int]) -> None:
+    hist = LatencyHistogram(fold_at=10**9)
+    hist.add_many(values)
+    hist.fold()
+    assert hist.counts == Counter(round_down_3(v) for v in values)
 
 
 @settings(max_examples=30)

@@ -24,7 +24,7 @@ from benchkit import assert_clean, bench, run_ratbench
 from conftest import ServerProcess, recv_lines
 from ratbench.check import LatencyHistogram
 from ratbench.plan import WorkerResult, place, room_of
-from ratbench.receive import Checker, Receiver
+from ratbench.receive import Checker, Receiver, merge_latency
 from ratbench.wire import (
     CHAT_PREFIX_SIZE,
     MIN_LINE_SIZE,
@@ -179,6 +179,7 @@ def test_checker_cuts_notices_out_anywhere(
             checker.unblock()
     published = dict(counts)
     checker.finish(published)
+    merge_latency(receivers, result)
     broken = 1 if corrupt else 0  # the corrupted line: malformed, so its line is lost
     assert result.reordered == result.duplicated == 0
     assert result.malformed == result.lost == broken
@@ -187,6 +188,51 @@ def test_checker_cuts_notices_out_anywhere(
     expected = sum(checker.expected_lines(rx, published) for rx in receivers)
     assert result.delivered == result.expected == expected
     assert sum(result.latency.values()) == expected - broken
+
+
+def test_receivers_far_ahead_of_the_reference_are_checked_in_full() -> None:
+    """A receiver that gets megabytes before the reference has them keeps them, in order.
+
+    Its unchecked bytes grow in place (no copy of the backlog per arrival) and
+    the checked ones are dropped as it goes; every line is still compared
+    with the reference and timed once, and a changed byte is still found.
+    """
+    wire = LineWire(SIZE)
+    lines = 20_000  # 1.28 MB per receiver: far past the compaction threshold
+    order = [(1 + k % 3, k // 3) for k in range(lines)]
+    result = WorkerResult(0)
+    checker = Checker(wire, result, wire.received(sync_line(7, SIZE)))
+    sock = cast(socket.socket, None)
+    hist = LatencyHistogram()
+    ref, ahead, late = (Receiver(sock, 0, hist, wire) for _ in range(3))
+    checker.attach([ref, ahead, late], reference=True)
+    data = b"".join(
+        [wire.received(sync_line(7, SIZE))]
+        + [encode_line(p, q, 10**15 + k, SIZE) for k, (p, q) in enumerate(order)]
+    )
+    bad = bytearray(data)
+    bad[-2] ^= 1  # the padding of the last line
+    rng = random.Random(5)
+    t = 2 * 10**12
+    for chunk in chunks(data, rng):  # everything reaches `ahead` before the reference
+        t += 1
+        checker.on_data(ahead, chunk, t)
+    assert checker.blocked == {ahead}
+    ref_chunks, late_chunks = chunks(data, rng), chunks(bytes(bad), rng)
+    while ref_chunks or late_chunks:  # the reference and `late` side by side
+        for rx, queue in ((ref, ref_chunks), (late, late_chunks)):
+            for chunk in queue[:50]:
+                t += 1
+                checker.on_data(rx, chunk, t)
+            del queue[:50]
+        checker.unblock()
+    published = {1: 6667, 2: 6667, 3: 6666}
+    checker.finish(published)
+    merge_latency([ref, ahead, late], result)
+    assert ahead.fast and ahead.g == lines
+    assert not late.fast and result.malformed == 1 and result.lost == 1
+    assert result.delivered == result.expected == 3 * lines  # the malformed one arrived
+    assert sum(result.latency.values()) == 3 * lines - 1  # one shared histogram, counted once
 
 
 # -- real runs --------------------------------------------------------------------------

@@ -76,6 +76,17 @@ def show_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def is_timed(index: int, count: int, want: int) -> bool:
+    """Is receiver `index` (of `count`, in connection order) one of the `want` timed ones?
+
+    `want` < 0: all are.  Otherwise `want` of them, evenly spaced over the
+    order, so that they sit early, late and in between in a server's list.
+    """
+    if want < 0 or want >= count:
+        return True
+    return (index + 1) * want // count > index * want // count
+
+
 class Connector:
     """Opens one worker's connections and runs the handshake (see the module notes)."""
 
@@ -104,6 +115,10 @@ class Connector:
         self.upgrading: dict[int, tuple[bytes, bytearray]] = {}  # WebSocket: fd -> key, reply
         self.chatting: dict[int, ChatSetup] = {}  # chat mode: fd -> its way in
         self.heard: set[int] = set()  # fds that received something
+        # The timed receivers of one server share a histogram: adding is all
+        # they do with it, and one histogram folds (see `LatencyHistogram`)
+        # far less often than many small ones would.
+        self.hists: dict[int, LatencyHistogram] = {}
 
     def wanted(self) -> list[tuple[ClientPlan, str, Wire]]:
         """Every connection to open: (client, role, wire), the reference subscribers first.
@@ -166,7 +181,14 @@ class Connector:
         connecting: dict[int, tuple[socket.socket, ClientPlan, str, Wire]] = {}
         shaking: set[int] = set()  # TLS handshakes under way
         todo = deque(wanted)
-        sampled = 0
+        # Which receivers are timed: `latency_receivers` of them, spread evenly
+        # over the order in which they connect.  The server accepts them in
+        # about that order and many servers also send a turn's lines in it,
+        # so the first ones connected would be the first served: timing only
+        # those would flatter a server that sends in accept order.
+        want = plan.latency_receivers
+        n_rx = sum(1 for _, role, _ in wanted if role != "pub")
+        seen = 0
         while todo or connecting:
             while todo and len(connecting) < MAX_CONNECTING:
                 client, role, wire = todo.popleft()
@@ -205,10 +227,11 @@ class Connector:
                         connecting[fd] = (sock, client, role, wire)
                         continue
                     shaking.discard(fd)
-                timed = plan.latency_receivers < 0 or sampled < plan.latency_receivers
+                timed = False
+                if role != "pub":
+                    timed = is_timed(seen, n_rx, want)
+                    seen += 1
                 self._add(sock, client, role, timed, wire)
-                if role != "pub" and timed:
-                    sampled += 1
 
     def _wrap(self, sock: socket.socket, tls: ssl.SSLContext) -> ssl.SSLSocket:
         """`--tls`: the TLS socket over `sock` (same descriptor; the handshake is to come)."""
@@ -250,7 +273,8 @@ class Connector:
         rx: Receiver | None = None
         pub: Publisher | None = None
         if role in ("ref", "both", "sub"):
-            rx = Receiver(sock, pubid, LatencyHistogram() if timed else None, wire)
+            hist = self.hists.setdefault(client.node, LatencyHistogram()) if timed else None
+            rx = Receiver(sock, pubid, hist, wire)
             rx.room, rx.node = client.room, client.node
             if not wire.handshake:
                 rx.phase = SUBSCRIBED  # nothing to wait for but the sync line

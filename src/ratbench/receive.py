@@ -49,7 +49,11 @@ Latency
 -------
 Every line of the *timed* receivers is timed (all receivers unless that
 would exceed ~500k timed lines/s; the report says how many): arrival time,
-taken once per `epoll_wait` wake-up, minus the send time in the line.  A
+taken once per `epoll_wait` wake-up, minus the send time in the line.  When
+only some are timed, they are spread evenly over the order in which they
+connected (`ratbench.connect.is_timed`): a server that sends a turn's lines
+in accept order serves the first ones first, and timing only those would
+flatter it.  The timed receivers of one server share one histogram.  A
 publisher that stamps a whole batch with one time (`--pattern ticks`) makes
 runs of equal send times; the reference keeps those runs, and a chunk is
 timed with one histogram update per run rather than per line.
@@ -72,6 +76,7 @@ from ratbench.plan import WorkerResult
 from ratbench.wire import NOTICE, LineReader, RespReader, Wire, parse_line
 
 TRIM_LINES = 65536  # reference lines consumed by all before trimming its buffer
+COMPACT_BYTES = 1 << 16  # a receiver's checked bytes kept before dropping them
 INFINITY = 1 << 62
 
 # Receiver phases.
@@ -126,7 +131,7 @@ class Receiver:
         self.sync_tail = b""
         self.closed = False
         self.fast = True
-        self.pending = b""  # unchecked bytes from `pos` on (fast path)
+        self.pending: bytes | bytearray = b""  # unchecked bytes from `pos` on (fast path)
         self.pos = 0
         self.total = 0  # bytes received since the sync frame
         self.frames = 0  # frames checked on the fast path
@@ -239,11 +244,21 @@ class Checker:
         if not rx.fast:
             self._slow(rx, data, t)
             return
-        if rx.pos >= len(rx.pending):
-            rx.pending = data
+        pending = rx.pending
+        if rx.pos >= len(pending):
+            rx.pending, rx.pos = data, 0  # the usual case: nothing left over, no copy
         else:
-            rx.pending = rx.pending[rx.pos :] + data
-        rx.pos = 0
+            # Bytes left over (a partial frame, or a receiver waiting for the
+            # reference): append in place.  Copying what is left into a new
+            # object on every arrival would cost O(backlog) per chunk, and a
+            # receiver that falls behind would fall further behind.
+            if isinstance(pending, bytes):
+                pending = rx.pending = bytearray(pending[rx.pos :])
+                rx.pos = 0
+            elif rx.pos >= COMPACT_BYTES and rx.pos * 2 >= len(pending):
+                del pending[: rx.pos]
+                rx.pos = 0
+            pending += data
         if rx.hist is not None:
             rx.marks.append((rx.total, t))
         if rx is self.ref_rx:
@@ -466,7 +481,7 @@ class Checker:
             if pubid != rx.pubid or self.wire.echo:
                 rx.tracker.start_at(pubid, count)
         rx.tracker.lines = rx.frames
-        rest = rx.pending[rx.pos :]
+        rest = bytes(rx.pending[rx.pos :])
         rx.pending, rx.pos = b"", 0
         rx.marks.clear()
         if rest:
@@ -536,7 +551,7 @@ class Checker:
         return sum(rx.tracker.received(p, n) for p, n in heard.items() if p != exclude)
 
     def finish(self, published: dict[int, int]) -> None:
-        """Settle every receiver and fill in the result."""
+        """Settle every receiver and fill in the result (but latency: `merge_latency`)."""
         for rx in self.receivers:
             if not rx.fast:
                 continue
@@ -570,8 +585,21 @@ class Checker:
             res.notices += rx.notices + (rx.reader.skipped if rx.reader is not None else 0)
             res.node_delivered[node] = res.node_delivered.get(node, 0) + got
             res.node_lost[node] = res.node_lost.get(node, 0) + lost
-            if rx.hist is not None:
-                by_node = res.node_latency.setdefault(node, {})
-                for value, count in rx.hist.counts.items():
-                    res.latency[value] = res.latency.get(value, 0) + count
-                    by_node[value] = by_node.get(value, 0) + count
+
+
+def merge_latency(receivers: list[Receiver], result: WorkerResult) -> None:
+    """Add the timed receivers' latencies to `result`: in all and per server.
+
+    The timed receivers of one server share one histogram (`ratbench.connect`),
+    so each histogram is counted once.
+    """
+    seen: set[int] = set()
+    for rx in receivers:
+        hist = rx.hist
+        if hist is None or id(hist) in seen:
+            continue
+        seen.add(id(hist))
+        by_node = result.node_latency.setdefault(rx.node, {})
+        for value, count in hist.counts.items():
+            result.latency[value] = result.latency.get(value, 0) + count
+            by_node[value] = by_node.get(value, 0) + count

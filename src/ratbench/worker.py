@@ -36,6 +36,10 @@ Costs that matter at millions of lines/s
   checking is exact all the same; only their arrival times would be late,
   and they are not timed.  A socket buffer holds far more than `LAZY_NS` of
   lines, so the server never sees them as slow.
+- A receiver's unchecked bytes grow in place (`Checker.on_data`): one that
+  waits for the reference must not copy its whole backlog per arrival.
+- Freed memory stays in the process (`steady_malloc`): otherwise bigger
+  chunks, when the generator falls behind, cost freshly zeroed pages.
 - The arrival time is read once per wake-up, not per socket.
 - The garbage collector is off during the run: the loop makes no cycles.
 """
@@ -51,10 +55,10 @@ from typing import Any
 from ratbench.connect import Connections, Connector
 from ratbench.pipe import CoordinatorLink, worker_entry
 from ratbench.plan import WorkerPlan, WorkerResult, room_of
-from ratbench.poller import WOULD_BLOCK, Poller, now_us, precise_timers, raise_nofile
+from ratbench.poller import WOULD_BLOCK, Poller, now_us, precise_timers, raise_nofile, steady_malloc
 from ratbench.procstat import runqueue_wait_ns, self_cpu_ns
 from ratbench.publish import SPIN_NS, make_schedule
-from ratbench.receive import RUNNING, SUBSCRIBED, Checker, Receiver
+from ratbench.receive import RUNNING, SUBSCRIBED, Checker, Receiver, merge_latency
 from ratbench.wire import Wire, make_wire, sync_line
 
 RECV_SIZE = 256 * 1024
@@ -347,6 +351,7 @@ def run_worker(plan: WorkerPlan, link: CoordinatorLink) -> None:
     """The phases of one worker (see the module notes)."""
     raise_nofile()
     precise_timers()
+    steady_malloc()
     worker = Worker(plan, link)
     try:
         worker.connect()
@@ -368,6 +373,7 @@ def run_worker(plan: WorkerPlan, link: CoordinatorLink) -> None:
         worker.result.wait_ns = runqueue_wait_ns("self") - wait0
         for checker in worker.checkers:
             checker.finish(published)
+        merge_latency(worker.conns.receivers, worker.result)
         worker.result.skipped = worker.schedule.skipped()
         worker.result.lateness = dict(worker.schedule.lateness.counts)
         link.send("result", worker.result)
