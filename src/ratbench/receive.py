@@ -202,6 +202,7 @@ class Checker:
         self.ref = Reference()
         self.ref_rx: Receiver | None = None
         self.blocked: set[Receiver] = set()  # fast receivers ahead of the reference
+        self.unblocked_at = 0  # the reference's end when they were last let go on
 
     def attach(self, receivers: list[Receiver], reference: bool) -> None:
         """Take the connected receivers; the first is the reference if `reference`."""
@@ -267,8 +268,10 @@ class Checker:
             self._advance(rx)
 
     def unblock(self) -> None:
-        """Let fast receivers that waited for the reference go on."""
-        if self.blocked and self.ref.end > 0:
+        """Let fast receivers that waited for the reference go on (if it moved on)."""
+        ref = self.ref
+        if self.blocked and (ref.end > self.unblocked_at or ref.closed or not ref.clean):
+            self.unblocked_at = ref.end
             for r in list(self.blocked):
                 self.blocked.discard(r)
                 self._advance(r)
