@@ -78,7 +78,7 @@ CORE_SERVERS = ("rat", "asyncio", "uvloop", "node", "redis", "selectors")
 DEFAULT_VARIANTS = ("rat-c0=--coalesce-ms 0",)  # rat without its default coalescing
 # rat variants that need more than flags (a port from the log, a certificate, a
 # cluster): only run when named (--servers, or a scenario group)
-RAT_FEATURES = ("rat-chat", "rat-web", "rat-tls", "rat-admin", "rat-redis2")
+RAT_FEATURES = ("rat-chat", "rat-chat-c0", "rat-web", "rat-tls", "rat-admin", "rat-redis2")
 RAT_ENV = {"PYTHONPATH": str(ROOT / "src")}
 SWEEP_RATES = (500, 1000, 2000, 10000, 50000, 100000)
 TICK_RATES = (2000, 50000)
@@ -284,6 +284,7 @@ def server_specs(
         ),
         *(variant(name, flags) for name, flags in variants),
         variant("rat-chat", ["--chat"], bench_args=["--chat"]),
+        variant("rat-chat-c0", ["--chat", "--coalesce-ms", "0"], bench_args=["--chat"]),
         variant(
             "rat-web",
             ["--web", "0"],
@@ -677,7 +678,7 @@ GROUPS = {
         "chat rooms: 100 rooms of 10 in chat mode against raw rat with 10 clients (the same"
         " receivers per line, the same total rate), and idle chat clients",
         ("rooms-raw", "rooms-chat", "idle-chat"),
-        ("rat", "rat-chat"),
+        ("rat", "rat-c0", "rat-chat", "rat-chat-c0"),
         "Why the same total rate: then the server takes in the same lines per second and"
         " sends each to the same number of receivers, and only what chat mode does per line"
         " differs. At a rate where each line has a turn of its own (below saturation, the"
@@ -685,7 +686,11 @@ GROUPS = {
         " lines pile up into shared turns, raw mode sends a receiver several lines in one"
         " write while rooms cannot (a turn's lines are for different rooms): that part of the"
         " gap is the rooms, not chat mode. The per-room rate (raw at 1/100 of it) would"
-        " compare a server 100 times less busy.",
+        " compare a server 100 times less busy. Coalescing (on by default) makes that part"
+        " of the gap larger: it gathers several lines of the one raw room into each write,"
+        " while a room's lines stay too sparse to share one; so the pair with coalescing off"
+        " on both (rat-c0, rat-chat-c0) shows what chat mode itself costs per line. Where"
+        " either server of a pair runs a core at 95 % or more, the pair is compared on p99.",
     ),
     "backplane": Group(
         "the Redis backplane: two rat nodes on one redis-server against one rat; Redis alone",
@@ -758,7 +763,7 @@ def scenarios(quick: bool, duration: float) -> list[Scenario]:
             "rooms, raw mode: one room of 10 clients (each line: 9 clients and the reference)",
             ["chat", "--clients", "10", "--duration", d, "--grace", "2", *rates(ROOM_RATES)],
             "sweep",
-            ("rat",),
+            ("rat", "rat-c0"),
         ),
         Scenario(
             "rooms-chat",
@@ -774,7 +779,7 @@ def scenarios(quick: bool, duration: float) -> list[Scenario]:
                 *rates(ROOM_RATES),
             ],
             "sweep",
-            ("rat-chat",),
+            ("rat-chat", "rat-chat-c0"),
         ),
         Scenario(
             "idle-chat",
@@ -1313,20 +1318,19 @@ def group_targets(
             )
         )
     elif group == "rooms":
-        pair = (("rooms-chat", "rat-chat"), ("rooms-raw", "rat"))
-        for rate in map(int, figure(s, "rooms-raw", "rat", "rates") or {}):
-            raw_cpu = figure(s, "rooms-raw", "rat", "server_cpu", rate)
-            if raw_cpu is not None and raw_cpu >= 0.95:  # raw mode saturated: latency
-                row(
-                    f"@ {rate:,}/s (raw saturated): p99, {ROOMS_TEXT}",
-                    "p99_us",
-                    *pair,
-                    rate=rate,
-                    limit=1.2,
-                )
-            else:
-                row(f"@ {rate:,}/s (raw below saturation): ns per line, {ROOMS_TEXT}",
-                    "ns_per_delivered", *pair, rate=rate, limit=1.2)  # fmt: skip
+        for chat_name, raw_name, how in (
+            ("rat-chat", "rat", ""),
+            ("rat-chat-c0", "rat-c0", ", coalescing off on both"),
+        ):
+            pair = (("rooms-chat", chat_name), ("rooms-raw", raw_name))
+            for rate in map(int, figure(s, "rooms-raw", raw_name, "rates") or {}):
+                cpus = [figure(s, *side, "server_cpu", rate) for side in pair]
+                if any(c is not None and c >= 0.95 for c in cpus):  # saturated: latency
+                    row(f"@ {rate:,}/s (saturated): p99, {ROOMS_TEXT}{how}", "p99_us", *pair,
+                        rate=rate, limit=1.2)  # fmt: skip
+                else:
+                    row(f"@ {rate:,}/s (below saturation): ns per line, {ROOMS_TEXT}{how}",
+                        "ns_per_delivered", *pair, rate=rate, limit=1.2)  # fmt: skip
         growth = figure(s, "idle-chat", "rat-chat", "rss_growth_kib")
         rows.append(
             (

@@ -299,6 +299,9 @@ def test_quick_group_run(tmp_path: Path) -> None:
     assert "idle chat clients: RSS growth <= 1 KiB per connection" in report
     assert "rat bench chat --clients 200 --rooms 20" in report and "--chat SERVER" in report
     raw = json.loads((run_dir / "raw.json").read_text())
-    assert set(raw["meta"]["servers"]) <= {"rat", "rat-chat", "rat-admin"}
+    assert set(raw["meta"]["servers"]) <= {"rat", "rat-c0", "rat-chat", "rat-chat-c0", "rat-admin"}
     assert raw["raw"]["rooms-chat"]["rat-chat"][0]["runs"][0]["proto"] == "line+chat"
+    assert "rat-chat-c0" in raw["raw"]["rooms-chat"] and "rat-c0" in raw["raw"]["rooms-raw"]
+    assert "coalescing off on both (limit 1.2x)" not in report  # the pair's suffix comes last
+    assert "10 clients (limit 1.2x), coalescing off on both" in report
     assert "rat-chat" not in raw["raw"]["chat-100"]  # a scenario runs for its own groups' servers
