@@ -254,6 +254,12 @@ def unacked_bytes(sock: socket.socket) -> int | None:
     return int(_INT.unpack(raw)[0])
 
 
+# What the kernel charges a send beyond its bytes: each new packet buffer's own
+# overhead (Linux counts a buffer's true size against SO_SNDBUF, a few KiB for a
+# short line once the last buffer is full).
+SEND_BUFFER_SLACK = 64 * 1024
+
+
 def make_room_in_send_buffer(sock: socket.socket, extra: int) -> None:
     """Let the kernel queue about `extra` more bytes on `sock` (best effort).
 
@@ -261,13 +267,17 @@ def make_room_in_send_buffer(sock: socket.socket, extra: int) -> None:
     stop runs out of time): the rest of a partly sent line must go into the
     kernel now, without waiting for the peer.  The kernel's send buffer holds
     unsent bytes as well as unacknowledged ones, so growing it lets one more
-    `send` take the remainder.  Linux doubles the value set (bookkeeping
-    overhead) and caps it at net.core.wmem_max; a buffer that autotuning
+    `send` take the remainder.  It grows by twice `extra` plus
+    `SEND_BUFFER_SLACK`: Linux charges each packet buffer's whole size, so a
+    full buffer grown by the line's length alone may still refuse it (seen
+    on Linux 6.18, where a stop then cut a stream inside a line).  Linux
+    doubles the value set (bookkeeping overhead) and caps it at
+    net.core.wmem_max; a buffer that autotuning
     already made bigger is left alone, since setting it would shrink it.
     """
     try:
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        want = size + 2 * extra
+        want = size + 2 * extra + SEND_BUFFER_SLACK
         if min(want, _wmem_max()) > size:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, want // 2 + 1)
     except OSError:
