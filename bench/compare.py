@@ -81,7 +81,7 @@ DEFAULT_VARIANTS = ("rat-c0=--coalesce-ms 0",)  # rat without its default coales
 RAT_FEATURES = ("rat-chat", "rat-chat-c0", "rat-web", "rat-tls", "rat-admin", "rat-redis2")
 RAT_ENV = {"PYTHONPATH": str(ROOT / "src")}
 SWEEP_RATES = (500, 1000, 2000, 10000, 50000, 100000)
-TICK_RATES = (2000, 50000)
+TICK_RATES = (2000, 50000, 100000)  # ticks: the generator can send 100,000 lines/s in batches
 PEER_ORDER = ("uvloop", "asyncio", "node", "redis", "selectors")
 
 
