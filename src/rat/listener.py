@@ -27,14 +27,13 @@ in order:
 The busy reply
 --------------
 A shed connection is told why in the protocol its listener speaks
-(`Acceptor.busy`): the line `ERR server busy` on a plain TCP or Unix
-listener, a minimal HTTP/1.1 503 with `Connection: close` on the web and
-admin ports (their clients expect HTTP, and a browser shows the 503's text
-instead of garbage).  The 503 is written out here rather than built with h11,
-so that the plain TCP server imports no HTTP library; tests check that it is
-exactly what `rat.web.http.canned_response(503, b"server busy\n")` builds.
-A listener may set its own bytes (`busy`): b"" closes without a word, as the
-web port does under TLS (bytes in the clear would be garbage to a TLS client).
+(`Acceptor.busy`): by default the line `ERR server busy` (plain TCP and
+Unix listeners); the web and admin ports set a minimal HTTP/1.1 503 with
+`Connection: close` (`rat.web.SERVER_BUSY`: their clients expect HTTP, and a
+browser shows the 503's text instead of garbage), built by their own HTTP
+code so that this module imports no HTTP library.  b"" closes without a
+word, as a TLS listener does (bytes in the clear would be garbage to a TLS
+client).
 """
 
 from __future__ import annotations
@@ -55,22 +54,6 @@ log = logging.getLogger("rat")
 ACCEPT_BACKOFF_MIN = 0.05  # seconds to stop accepting when out of descriptors
 ACCEPT_BACKOFF_MAX = 1.0
 ERR_SERVER_BUSY = b"ERR server busy\n"
-HTTP_SERVER_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 12\r\n"
-    b"Connection: close\r\n"
-    b"Server: rat\r\n"
-    b"\r\n"
-    b"server busy\n"
-)
-# Listener kinds whose clients speak HTTP (rat.web, rat.admin); others speak lines.
-HTTP_KINDS = frozenset({"web", "admin"})
-
-
-def busy_reply(kind: str) -> bytes:
-    """What a connection shed for lack of descriptors is told, by listener kind."""
-    return HTTP_SERVER_BUSY if kind in HTTP_KINDS else ERR_SERVER_BUSY
 
 
 class SpareDescriptor:
@@ -120,12 +103,12 @@ class Acceptor:
         kind: str = "listener",
         busy: bytes | None = None,
     ) -> None:
-        """`busy`: what a shed connection is told (by default `busy_reply(kind)`)."""
+        """`busy`: what a shed connection is told (by default the line `ERR server busy`)."""
         self.loop = loop
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()
         self.kind = kind
-        self.busy = busy_reply(kind) if busy is None else busy
+        self.busy = ERR_SERVER_BUSY if busy is None else busy
         self.on_accept = on_accept
         self.make_room = make_room
         self.spare = spare

@@ -241,8 +241,8 @@ class Server:
         Plain TCP listeners make a `Conn`; other listeners (the web port, the
         admin port) pass their own connection class, and `refusal`, what a
         client beyond `--max-clients` is told in their protocol; `busy`, what
-        one shed for lack of descriptors is told (default: by `kind`,
-        `rat.listener.busy_reply`; b"": nothing, as under TLS).
+        one shed for lack of descriptors is told (default: `ERR server busy`;
+        b"": nothing, as under TLS).
         """
         for sock in socks:
             acceptor = Acceptor(

@@ -90,6 +90,18 @@ REFUSED = (
     b"content-length: 32\r\nconnection: close\r\n\r\ntoo many admin connections open\n"
 )
 
+# Out of descriptors (rat.listener sheds the connection): the web port's 503,
+# `rat.web.SERVER_BUSY`, written out here as REFUSED is (tests check the bytes).
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 12\r\n"
+    b"Connection: close\r\n"
+    b"Server: rat\r\n"
+    b"\r\n"
+    b"server busy\n"
+)
+
 STREAM_HIGH_WATER = 256 * 1024  # bytes queued before a streamed answer waits for the client
 
 # (status, content type, body): a body in pieces is sent one piece per turn.
@@ -127,7 +139,13 @@ class Admin:
         }
         for sock in socks:
             acceptor = Acceptor(
-                self.loop, sock, self.on_accept, lambda: False, server.spare, kind="admin"
+                self.loop,
+                sock,
+                self.on_accept,
+                lambda: False,
+                server.spare,
+                kind="admin",
+                busy=BUSY,
             )
             server.acceptors.append(acceptor)  # listed in `listening on`, closed on stop
         self.loop.at_turn_start(self.telemetry.turn_began)
