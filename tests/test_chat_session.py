@@ -75,9 +75,22 @@ class FakeClient:
 class Harness:
     """The server's part: connect, lines in, deliveries at the end of a turn."""
 
-    def __init__(self, history: int = 0, announce_max: int = 100, echo: bool = False) -> None:
+    def __init__(
+        self,
+        history: int = 0,
+        announce_max: int = 100,
+        echo: bool = False,
+        guests: tuple[int, int] = (1, 1),
+    ) -> None:
         self.hub = Hub(echo)
-        self.chat = Chat(self.hub, self.deliver, history=history, announce_max=announce_max)
+        self.chat = Chat(
+            self.hub,
+            self.deliver,
+            history=history,
+            announce_max=announce_max,
+            first_guest=guests[0],
+            guest_step=guests[1],
+        )
         self.published: dict[str, list[bytes]] = {}  # room -> every line delivered to it
 
     def connect(self) -> FakeClient:
@@ -302,6 +315,26 @@ def test_guest_numbers_skip_a_taken_guest_nick() -> None:
     harness.turn(alice, b"/nick guest2")
     newcomer = harness.connect()
     assert newcomer.nick == "guest3"
+
+
+@settings(max_examples=50)
+@given(workers=st.integers(1, 8), each=st.integers(1, 30))
+def test_workers_never_hand_out_the_same_guest_nick(workers: int, each: int) -> None:
+    # --workers N: worker k (1..N) counts guest<k>, guest<k+N>, ... (rat.chat.server)
+    handed: list[str] = []
+    for worker in range(1, workers + 1):
+        harness = Harness(guests=(worker, workers))
+        handed += [harness.connect().nick for _ in range(each)]
+    assert len(set(handed)) == len(handed)
+    assert {int(nick.removeprefix("guest")) for nick in handed} == set(range(1, workers * each + 1))
+
+
+def test_a_worker_skips_a_guest_nick_taken_on_it() -> None:
+    harness = Harness(guests=(2, 3))
+    (alice,) = greeted(harness, 1)
+    assert alice.nick == "guest2"
+    harness.turn(alice, b"/nick guest5")
+    assert harness.connect().nick == "guest8"
 
 
 def test_rooms_lists_the_lobby_first_and_who_lists_members() -> None:

@@ -205,6 +205,23 @@ def test_chat_rooms_span_workers(rat_server: StartServer, clients: list[socket.s
     assert re.fullmatch(rb"<guest\d+> across workers\n", got)
 
 
+def test_chat_guest_nicks_differ_across_workers(
+    rat_server: StartServer, clients: list[socket.socket]
+) -> None:
+    # Each worker counts its own guest numbers (worker k of N: k, k + N, ...),
+    # so two people on different workers are never both guest1.
+    server = rat_server("--workers", "2", "--chat")
+    pids = worker_pids(server)
+    by_worker = clients_on_every_worker(server, pids, clients, each=2)
+    nicks: list[bytes] = []
+    for sock in [sock for socks in by_worker.values() for sock in socks]:
+        greeting = recv_lines(sock, 1)[0]
+        match = re.match(rb"\* welcome, you are (guest\d+) in #lobby", greeting)
+        assert match, greeting
+        nicks.append(match.group(1))
+    assert len(set(nicks)) == len(nicks), nicks
+
+
 def test_workers_stop_when_the_supervisor_is_killed(
     rat_server: StartServer, clients: list[socket.socket]
 ) -> None:

@@ -67,6 +67,7 @@ class Config:
     redis: str = ""  # redis://HOST:PORT[/DB]; "" = no backplane
     redis_channel: str = DEFAULT_REDIS_CHANNEL
     workers: int = 0  # worker processes under a supervisor; 0 = serve in this process
+    worker: int = 0  # in a worker: its slot, 1..workers (guest nicks differ per worker); else 0
     limits: Limits = field(default_factory=Limits)
     # --web [HOST:]PORT: the HTTP/WebSocket listener (rat.web); None: off.
     # An empty host means the same host as the TCP listener.

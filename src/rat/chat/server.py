@@ -49,6 +49,9 @@ class ChatServer(Server):
             history=self.config.history,
             announce_max=self.config.announce_max,
             history_budget=self.limits.max_pending // 2,
+            # Under --workers N, worker k hands out guest<k>, guest<k+N>, ...
+            first_guest=self.config.worker or 1,
+            guest_step=self.config.workers if self.config.worker else 1,
         )
 
     def join(self, conn: Conn, room: Room | None = None) -> None:

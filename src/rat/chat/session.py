@@ -20,7 +20,9 @@ the tests drive it with fake clients and a real `Hub`.
 A client's state is its `ChatSession` (the connection's `session` slot:
 its nick, and the prefix that nick puts on messages) and its room (the
 connection's `room` slot, a `rat.hub.Room`).  Server-wide state is the set
-of nicks in use and the guest counter.  Rooms are the hub's: created on
+of nicks in use and the next guest number (under `--workers N` each
+worker counts its own residue, so guest nicks never repeat across workers;
+other nicks are unique per process).  Rooms are the hub's: created on
 first join, forgotten when the last member leaves (the lobby stays).
 
 The prefix is added once per message
@@ -159,13 +161,17 @@ class Chat:
         history: int = 0,
         announce_max: int = DEFAULT_ANNOUNCE_MAX,
         history_budget: int | None = None,
+        *,
+        first_guest: int = 1,
+        guest_step: int = 1,
     ) -> None:
         """`deliver_pending()` must deliver every line published so far (rat.server).
 
         `history` is the ring size per room (0: no history).  A join is sent
         at most `history_budget` bytes of it, the newest messages (the server
         passes half of --max-pending: history alone never makes a joiner a
-        slow consumer).
+        slow consumer).  Guest nicks are guest<first_guest>, then every
+        `guest_step`-th number after it.
         """
         self.hub = hub
         self.deliver_pending = deliver_pending
@@ -173,7 +179,11 @@ class Chat:
         self.announce_max = announce_max
         self.history_budget = history_budget
         self.nicks: set[str] = set()  # fold(nick) of every client
-        self.guests = 0  # guest nicks handed out
+        # guest<N> numbers: first, first + step, ...  Each worker of --workers N
+        # takes its own residue (worker k: k, k + N, ...), so two workers never
+        # hand out the same guest nick; one process counts 1, 2, 3, ...
+        self.next_guest = first_guest
+        self.guest_step = guest_step
         self.commands: dict[str, Callable[[Client, ChatSession, str], None]] = {
             "nick": self._nick,
             "join": self._join,
@@ -211,8 +221,8 @@ class Chat:
 
     def _guest_nick(self) -> str:
         while True:  # skip a guest<N> someone chose for themselves
-            self.guests += 1
-            nick = f"guest{self.guests}"
+            nick = f"guest{self.next_guest}"
+            self.next_guest += self.guest_step
             if nick not in self.nicks:
                 return nick
 

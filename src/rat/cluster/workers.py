@@ -264,7 +264,7 @@ def _worker_main(
         fmt=f"%(asctime)s %(levelname)s worker {slot}: %(message)s",
         json_lines=config.log_format == "json",
     )
-    built = build(config, sink, True)
+    built = build(dataclasses.replace(config, worker=slot), sink, True)
     if isinstance(built, int):
         return built
     server = built[0]
