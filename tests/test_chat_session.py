@@ -10,13 +10,14 @@ messages, in the order they were queued.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rat.chat.session import END_OF_HISTORY, Chat, ChatSession
+from rat.chat.session import END_OF_HISTORY, HOLD_MAX, Chat, ChatSession
 from rat.chat.text import (
     NICK_MAX,
     ROOM_MAX,
@@ -26,6 +27,7 @@ from rat.chat.text import (
     fold,
     name_problem,
 )
+from rat.cluster.workers import NickTable
 from rat.hub import DEFAULT_ROOM, Hub, Room
 
 
@@ -670,3 +672,187 @@ def test_history_and_live_meet_without_loss_or_duplicates(size: int, script: lis
         seen = past + live
         assert seen == flood[len(flood) - len(seen) :], "a gap or a repeat"
         assert len(past) == min(size, len(flood) - len(live))
+
+
+# ------------------------------------------- nicks across workers (--workers)
+
+
+class WorkerRegistry:
+    """A worker's `NickRegistry` on the supervisor's table, answering when told to."""
+
+    def __init__(self, table: NickTable, slot: int) -> None:
+        self.table = table
+        self.slot = slot
+        self.questions: list[tuple[str, Callable[[bool], None]]] = []
+        self.asked: list[str] = []
+        self.released: list[str] = []
+
+    def claim(self, key: str, answer: Callable[[bool], None]) -> None:
+        self.asked.append(key)
+        self.questions.append((key, answer))
+
+    def release(self, key: str) -> None:
+        self.released.append(key)
+        self.table.release(key.encode(), self.slot)
+
+    def answer(self) -> None:
+        """The supervisor answers every question asked so far, in order."""
+        questions, self.questions = self.questions, []
+        for key, answer in questions:
+            answer(self.table.claim(key.encode(), self.slot))
+
+
+def workers(count: int = 2) -> tuple[NickTable, list[Harness], list[WorkerRegistry]]:
+    table = NickTable()
+    harnesses = [Harness(guests=(slot, count)) for slot in range(1, count + 1)]
+    registries = [WorkerRegistry(table, slot) for slot in range(1, count + 1)]
+    for harness, registry in zip(harnesses, registries, strict=True):
+        harness.chat.registry = registry
+    return table, harnesses, registries
+
+
+def test_a_chosen_nick_waits_for_the_supervisor_and_input_waits_with_it() -> None:
+    _, (one, _), (registry, _) = workers()
+    alice, bob = greeted(one, 2)
+    one.turn(alice, b"/nick alice", b"hello", b"/me waves")
+    assert registry.asked == ["alice"]
+    assert alice.take() == [] and bob.take() == []  # no reply, nothing relayed yet
+    one.send(alice, b"still here")  # a later read: held too
+    one.deliver()
+    assert bob.take() == []
+    registry.answer()
+    one.deliver()
+    assert alice.take() == [b"* you are now alice"]
+    assert bob.take() == [
+        b"* guest1 is now alice",
+        b"<alice> hello",
+        b"* alice waves",
+        b"<alice> still here",
+    ]
+
+
+def test_a_nick_held_on_another_worker_is_refused_and_the_old_one_stays() -> None:
+    _, (one, two), (first, second) = workers()
+    (alice,) = greeted(one, 1)
+    (other, bob) = greeted(two, 2)
+    one.turn(alice, b"/nick alice")
+    first.answer()
+    two.turn(other, b"/nick Alice", b"hi")
+    second.answer()
+    two.deliver()
+    assert other.take() == [b"ERR nick Alice is taken: choose another with /nick NAME"]
+    assert bob.take() == [b"<guest2> hi"]
+    assert other.nick == "guest2"
+    assert "alice" not in two.chat.nicks  # the reservation is gone with the refusal
+
+
+def test_chosen_nicks_are_free_again_after_a_rename_or_a_leave() -> None:
+    _, (one, two), (first, second) = workers()
+    (alice,) = greeted(one, 1)
+    (other,) = greeted(two, 1)
+    one.turn(alice, b"/nick alice")
+    first.answer()
+    one.turn(alice, b"/nick alicia")
+    first.answer()
+    assert first.released == ["alice"]
+    two.turn(other, b"/nick alice")
+    second.answer()
+    assert other.nick == "alice"
+    one.chat.disconnect(alice)
+    assert first.released == ["alice", "alicia"]
+    two.turn(other, b"/nick alicia")
+    second.answer()
+    assert other.nick == "alicia"
+
+
+def test_a_client_that_leaves_while_it_waits_frees_what_it_was_granted() -> None:
+    table, (one, _), (registry, _) = workers()
+    (alice,) = greeted(one, 1)
+    one.turn(alice, b"/nick alice")
+    one.chat.disconnect(alice)
+    registry.answer()
+    assert registry.released == ["alice"]
+    assert table.holder == {}
+    assert "alice" not in one.chat.nicks
+
+
+def test_guest_nicks_and_case_changes_need_no_question() -> None:
+    _, (one, _), (registry, _) = workers()
+    (alice,) = greeted(one, 1)  # guest1: worker 1 of 2 hands out 1, 3, 5, ...
+    one.turn(alice, b"/nick guest3")
+    assert alice.nick == "guest3" and registry.asked == []
+    one.turn(alice, b"/nick guest2")
+    assert alice.take()[-1] == (
+        b"ERR nick guest2 is kept for another worker's guests: choose another with /nick NAME"
+    )
+    one.turn(alice, b"/nick alice")
+    registry.answer()
+    one.turn(alice, b"/nick ALICE")
+    assert alice.nick == "ALICE" and registry.asked == ["alice"]
+
+
+def test_input_held_past_its_bound_closes_the_client_with_a_reason() -> None:
+    _, (one, _), _ = workers()
+    (alice,) = greeted(one, 1)
+    one.turn(alice, b"/nick alice")
+    line = b"x" * 1000
+    for _ in range(HOLD_MAX // 1001 + 1):
+        one.send(alice, line)
+    assert alice.closed == "too_much_input"
+    assert alice.lines()[-1].startswith(b"ERR more than")
+
+
+def test_the_supervisor_table_frees_a_dead_worker_s_nicks() -> None:
+    table = NickTable()
+    assert table.claim(b"alice", 1) and table.claim(b"bob", 1) and table.claim(b"carol", 2)
+    assert not table.claim(b"alice", 2)
+    assert table.claim(b"alice", 1)  # its own: still yes
+    table.release(b"carol", 1)  # not worker 1's to release
+    table.forget(1)
+    assert table.holder == {b"carol": 2}
+    assert table.claim(b"alice", 2)
+
+
+names = st.sampled_from(["alice", "Alice", "bob", "guest1", "guest2", "guest4", "x"])
+cross_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("nick"), st.integers(0, 5), names),
+        st.tuples(st.just("say"), st.integers(0, 5), st.just("")),
+        st.tuples(st.just("answer"), st.integers(0, 1), st.just("")),
+        st.tuples(st.just("drop"), st.integers(0, 5), st.just("")),
+        st.tuples(st.just("connect"), st.integers(0, 1), st.just("")),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cross_ops)
+def test_nicks_are_unique_across_workers_whatever_the_order_of_answers(
+    ops: list[tuple[str, int, str]],
+) -> None:
+    _, harnesses, registries = workers()
+    clients: list[tuple[int, FakeClient]] = [
+        (0, harnesses[0].connect()),
+        (1, harnesses[1].connect()),
+    ]
+    for kind, index, name in ops:
+        if kind == "connect":
+            clients.append((index, harnesses[index].connect()))
+        elif kind == "answer":
+            registries[index].answer()
+        else:
+            worker, client = clients[index % len(clients)]
+            if kind == "nick":
+                harnesses[worker].send(client, f"/nick {name}".encode())
+            elif kind == "say":
+                harnesses[worker].send(client, b"hi")
+            else:
+                harnesses[worker].chat.disconnect(client)
+                client.closed = client.closed or "reset"
+        connected = [fold(client.nick) for _, client in clients if client.session is not None]
+        assert len(connected) == len(set(connected)), connected
+    for registry in registries:
+        registry.answer()
+    connected = [fold(client.nick) for _, client in clients if client.session is not None]
+    assert len(connected) == len(set(connected)), connected

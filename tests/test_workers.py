@@ -222,6 +222,40 @@ def test_chat_guest_nicks_differ_across_workers(
     assert len(set(nicks)) == len(nicks), nicks
 
 
+def nick_reply(sock: socket.socket) -> bytes:
+    """The reply to this client's /nick (notices about other clients skipped)."""
+    while True:
+        line = recv_lines(sock, 1)[0]
+        if line.startswith((b"* you are now ", b"ERR ")):
+            return line
+
+
+def test_chat_nicks_are_unique_across_workers(
+    rat_server: StartServer, clients: list[socket.socket]
+) -> None:
+    server = rat_server("--workers", "2", "--chat")
+    pids = worker_pids(server)
+    by_worker = clients_on_every_worker(server, pids, clients, each=1)
+    (first,), (second,) = ([socks[0]] for socks in by_worker.values())
+    first.sendall(b"/nick alice\n")
+    assert nick_reply(first) == b"* you are now alice\n"
+    second.sendall(b"/nick ALICE\n")
+    assert nick_reply(second) == b"ERR nick ALICE is taken: choose another with /nick NAME\n"
+    first.sendall(b"/nick alicia\n")  # alice is free again, on every worker
+    assert nick_reply(first) == b"* you are now alicia\n"
+    second.sendall(b"/nick alice\n")
+    assert nick_reply(second) == b"* you are now alice\n"
+    # A worker that dies takes its clients' nicks with it.
+    os.kill(owner_of(first, server.port, pids), signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while True:
+        second.sendall(b"/nick alicia\n")
+        if nick_reply(second) == b"* you are now alicia\n":
+            break
+        assert time.monotonic() < deadline, "alicia stayed taken after its worker died"
+        time.sleep(0.1)
+
+
 def test_workers_stop_when_the_supervisor_is_killed(
     rat_server: StartServer, clients: list[socket.socket]
 ) -> None:

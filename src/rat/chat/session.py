@@ -20,9 +20,11 @@ the tests drive it with fake clients and a real `Hub`.
 A client's state is its `ChatSession` (the connection's `session` slot:
 its nick, and the prefix that nick puts on messages) and its room (the
 connection's `room` slot, a `rat.hub.Room`).  Server-wide state is the set
-of nicks in use and the next guest number (under `--workers N` each
-worker counts its own residue, so guest nicks never repeat across workers;
-other nicks are unique per process).  Rooms are the hub's: created on
+of nicks in use and the next guest number.  Under `--workers N` a nick is
+unique on the whole server: each worker counts its own guest numbers
+(worker k: k, k + N, ...), and a nick a client chooses is first asked of
+the supervisor's table (a `NickRegistry`), the client's input held until
+the answer.  Rooms are the hub's: created on
 first join, forgotten when the last member leaves (the lobby stays).
 
 The prefix is added once per message
@@ -111,6 +113,25 @@ HELP = (
 
 # "/NAME  args..." -> NAME, args (leading blanks dropped, the rest kept as is).
 _COMMAND = re.compile(r"/(\S*)\s*(.*)", re.DOTALL)
+# A nick the guest counter can hand out: guest<N>, N without leading zeros.
+_GUEST = re.compile(r"guest([1-9][0-9]*)")
+# What a client may send while its /nick waits for another process's answer
+# (held, then read as if it came after the answer; more than this closes it).
+HOLD_MAX = 1 << 20
+
+
+class NickRegistry(Protocol):
+    """Nicks held in other processes (`--workers`: the supervisor's table).
+
+    Chat mode asks it before a client takes a nick that another worker could
+    also hand out; guest nicks need no question (each worker counts its own).
+    """
+
+    def claim(self, key: str, answer: Callable[[bool], None]) -> None:
+        """Ask for `key` (a folded nick); `answer(granted)` is called later, once."""
+
+    def release(self, key: str) -> None:
+        """`key`, granted before, is free again."""
 
 
 class Client(Protocol):
@@ -136,11 +157,13 @@ class Client(Protocol):
 class ChatSession:
     """One client's chat state: its nick, and the prefix that nick puts on messages."""
 
-    __slots__ = ("nick", "prefix")
+    __slots__ = ("held", "nick", "prefix")
 
     def __init__(self, nick: str) -> None:
         self.nick = nick
         self.prefix = b""
+        # Input that came while a /nick waits for the registry; None: no wait.
+        self.held: bytearray | None = None
         self.rename(nick)
 
     def rename(self, nick: str) -> None:
@@ -184,6 +207,8 @@ class Chat:
         # hand out the same guest nick; one process counts 1, 2, 3, ...
         self.next_guest = first_guest
         self.guest_step = guest_step
+        # Other processes' nicks (--workers sets it); None: this process is the server.
+        self.registry: NickRegistry | None = None
         self.commands: dict[str, Callable[[Client, ChatSession, str], None]] = {
             "nick": self._nick,
             "join": self._join,
@@ -215,9 +240,24 @@ class Chat:
         if not isinstance(session, ChatSession):
             return
         client.session = None
-        self.nicks.discard(fold(session.nick))
+        key = fold(session.nick)
+        self.nicks.discard(key)
+        registry = self._registry_of(key)
+        if registry is not None:
+            registry.release(key)
         if client.room is not None:
             self._leave(client, session, client.room, announce)
+
+    def _registry_of(self, key: str) -> NickRegistry | None:
+        """The registry that holds `key` for this process (None: this process alone does)."""
+        return self.registry if self._guest_owner(key) is None else None
+
+    def _guest_owner(self, key: str) -> bool | None:
+        """For a guest<N> nick: is N one this process hands out?  None: no guest nick."""
+        match = _GUEST.fullmatch(key)
+        if match is None:
+            return None
+        return (int(match.group(1)) - self.next_guest) % self.guest_step == 0
 
     def _guest_nick(self) -> str:
         while True:  # skip a guest<N> someone chose for themselves
@@ -234,6 +274,9 @@ class Chat:
         room = client.room
         if not isinstance(session, ChatSession) or room is None:
             return  # closing: a last fragment after its leave
+        if session.held is not None:  # its /nick waits for the registry
+            self._hold(client, session, block)
+            return
         prefix = session.prefix
         ring = room.history
         # Fast paths: a block of plain messages (no command, no empty line, no
@@ -255,7 +298,8 @@ class Chat:
                 self.hub.publish(client, joined, room)
                 return
         messages: list[bytes] = []  # this block's messages, published together
-        for raw in block[:-1].split(b"\n"):
+        raws = block[:-1].split(b"\n")
+        for index, raw in enumerate(raws):
             text = clean(raw)
             if text[:1] == b"/":
                 if text[:2] == b"//":
@@ -273,6 +317,11 @@ class Chat:
                     self._command(client, session, text)
                     if client.session is not session or client.room is None:
                         return  # it quit, or a reply made it a slow consumer
+                    if session.held is not None:  # /nick asked the registry: wait
+                        rest = raws[index + 1 :]
+                        if rest:
+                            self._hold(client, session, b"\n".join(rest) + b"\n")
+                        return
                     room = client.room
                     prefix = session.prefix
                     ring = room.history
@@ -321,13 +370,67 @@ class Chat:
         if key != old_key and key in self.nicks:
             self._error(client, f"nick {nick} is taken: choose another with /nick NAME")
             return
-        self.nicks.discard(old_key)
+        if key != old_key and self._guest_owner(key) is False:
+            self._error(
+                client,
+                f"nick {nick} is kept for another worker's guests: choose another with /nick NAME",
+            )
+            return
+        registry = self._registry_of(key)
+        if key == old_key or registry is None:
+            self._renamed(client, session, nick)
+            return
+        # Another worker could hand this nick out too: ask first.  It is kept
+        # here meanwhile, and what the client sends is held until the answer.
         self.nicks.add(key)
+        session.held = bytearray()
+        registry.claim(key, lambda granted: self._claimed(client, session, nick, granted))
+
+    def _renamed(self, client: Client, session: ChatSession, nick: str) -> None:
+        """`client` is `nick` from now on: the old nick is free, the room is told."""
+        old = session.nick
+        old_key = fold(old)
+        self.nicks.discard(old_key)
+        self.nicks.add(fold(nick))
+        if old_key != fold(nick):
+            registry = self._registry_of(old_key)
+            if registry is not None:
+                registry.release(old_key)
         session.rename(nick)
         self._say(client, f"* you are now {nick}")
         room = client.room
         if room is not None and len(room) > 1:
             self.hub.publish(client, f"* {old} is now {nick}\n".encode(), room)
+
+    def _claimed(self, client: Client, session: ChatSession, nick: str, granted: bool) -> None:
+        """The registry's answer to `client`'s /nick `nick`; then what it sent meanwhile."""
+        key = fold(nick)
+        held, session.held = session.held, None
+        if client.session is not session:  # it left while it waited
+            self.nicks.discard(key)
+            if granted and self.registry is not None:
+                self.registry.release(key)
+            return
+        if granted:
+            self._renamed(client, session, nick)
+        else:
+            self.nicks.discard(key)
+            self._error(client, f"nick {nick} is taken: choose another with /nick NAME")
+        if held:
+            self.receive(client, bytes(held))
+
+    def _hold(self, client: Client, session: ChatSession, block: bytes) -> None:
+        """Keep `block` until `client`'s /nick is answered (a bounded wait)."""
+        held = session.held
+        assert held is not None
+        if len(held) + len(block) > HOLD_MAX:
+            self.disconnect(client)
+            client.close_gracefully(
+                "too_much_input",
+                b"ERR more than %d bytes sent while /nick was being checked\n" % HOLD_MAX,
+            )
+            return
+        held += block
 
     def _join(self, client: Client, session: ChatSession, args: str) -> None:
         word = self._one_word(client, args, f"/join #room ({ROOM_RULE})")

@@ -46,11 +46,22 @@ stops gracefully.
 
 The supervisor prints the `listening on` line once, with its own PID and
 the workers', after every worker is listening.
+
+Control sockets.  Each worker has a Unix stream socket to the supervisor,
+carrying lines: `ready` (worker to supervisor), `peer N` with a socket
+attached (a restarted worker's new mesh end), and chat mode's nick table.
+In chat mode a nick is unique on the whole server, not per worker: the
+supervisor, which outlives any worker, keeps which worker holds each nick a
+client chose (`NickTable`).  A worker asks `nick? TOKEN NICK` before a client
+takes one and gets `nick! TOKEN 1` (granted) or `0` (taken); `nick- NICK`
+frees one; a worker that dies frees all of its own.  Guest nicks need no
+question: worker k of N hands out guest<k>, guest<k+N>, ...
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import select
@@ -195,8 +206,50 @@ class MeshLink:
         self.peers.clear()
 
 
+class NickTable:
+    """The supervisor's record of which worker holds each nick its clients chose (pure)."""
+
+    def __init__(self) -> None:
+        self.holder: dict[bytes, int] = {}  # folded nick -> worker slot
+
+    def claim(self, key: bytes, slot: int) -> bool:
+        """May worker `slot` have `key`?  Yes if nobody holds it (it holds it now) or it does."""
+        return self.holder.setdefault(key, slot) == slot
+
+    def release(self, key: bytes, slot: int) -> None:
+        if self.holder.get(key) == slot:
+            del self.holder[key]
+
+    def forget(self, slot: int) -> None:
+        """Worker `slot` is gone, and its clients with it."""
+        for key in [key for key, holder in self.holder.items() if holder == slot]:
+            del self.holder[key]
+
+
+class WorkerNicks:
+    """A worker's side of the nick table (a `rat.chat.session.NickRegistry`)."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self.send = send
+        self.waiting: dict[int, Callable[[bool], None]] = {}
+        self._tokens = itertools.count(1)
+
+    def claim(self, key: str, answer: Callable[[bool], None]) -> None:
+        token = next(self._tokens)
+        self.waiting[token] = answer
+        self.send(b"nick? %d %s\n" % (token, key.encode()))
+
+    def release(self, key: str) -> None:
+        self.send(b"nick- %s\n" % key.encode())
+
+    def answered(self, token: int, granted: bool) -> None:
+        answer = self.waiting.pop(token, None)
+        if answer is not None:
+            answer(granted)
+
+
 class ControlChannel:
-    """A worker's end of its control socket: peers from the supervisor; EOF: it is gone."""
+    """A worker's end of its control socket: lines from the supervisor; EOF: it is gone."""
 
     def __init__(
         self,
@@ -209,6 +262,9 @@ class ControlChannel:
         self.sock = sock
         self.on_peer = on_peer
         self.on_orphaned = on_orphaned
+        self.nicks: WorkerNicks | None = None  # chat mode: answers to its claims
+        self._buffer = b""
+        self._fds: list[int] = []  # received with a `peer N` line, not yet matched
         sock.setblocking(False)
         loop.add(sock.fileno(), self, READABLE)
 
@@ -219,21 +275,29 @@ class ControlChannel:
         del mask
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self.sock, 64, 4)
+                data, fds, _, _ = socket.recv_fds(self.sock, 4096, 4)
             except BlockingIOError:
                 return
             except OSError:
                 data, fds = b"", []
             if not data and not fds:
                 self.loop.remove(self.sock.fileno(), self)
+                for fd in self._fds:
+                    os.close(fd)
+                self._fds = []
                 self.on_orphaned()
                 return
-            words = data.split()
-            if len(words) == 2 and words[0] == b"peer" and words[1].isdigit() and len(fds) == 1:
-                self.on_peer(int(words[1]), socket.socket(fileno=fds[0]))
-            else:
-                for fd in fds:
-                    os.close(fd)
+            self._fds += fds
+            *lines, self._buffer = (self._buffer + data).split(b"\n")
+            for line in lines:
+                self._line(line.split())
+
+    def _line(self, words: list[bytes]) -> None:
+        match words:
+            case [b"peer", slot] if slot.isdigit() and self._fds:
+                self.on_peer(int(slot), socket.socket(fileno=self._fds.pop(0)))
+            case [b"nick!", token, granted] if token.isdigit() and self.nicks is not None:
+                self.nicks.answered(int(token), granted == b"1")
 
     def send(self, message: bytes) -> None:
         try:
@@ -292,9 +356,15 @@ def _worker_main(
         on_orphaned=orphaned,
     )
 
+    # Chat mode (a rat.chat.server.ChatServer, whose rules are its `chat`; the
+    # features do not import each other): its nicks are asked of the supervisor.
+    chat = getattr(server, "chat", None) if config.chat else None
+    if chat is not None:
+        channel.nicks = chat.registry = WorkerNicks(channel.send)
+
     def ready() -> None:
         log.info("serving %s (pid %d)", ", ".join(server.addresses), os.getpid())
-        channel.send(b"ready")
+        channel.send(b"ready\n")
 
     try:
         return server.serve_forever(ready=ready)
@@ -316,6 +386,7 @@ class _Slot:
     restart_at: float | None = None
     done: bool = False  # exited on purpose (status 0, or during the stop): not restarted
     status: int = 0
+    received: bytes = b""  # the start of a line from its control socket
 
 
 class Supervisor:
@@ -333,6 +404,7 @@ class Supervisor:
         self.build = build
         self.held = held  # the bound, not listening, sockets that keep the port
         self.slots = [_Slot(i + 1) for i in range(config.workers)]
+        self.nicks = NickTable()  # chat mode: which worker holds each chosen nick
         self.stopping = False
         self._stop_signals = 0
         self.signals: list[int] = []
@@ -470,7 +542,7 @@ class Supervisor:
                     continue
                 mine[other.index], theirs = _pair()
                 try:
-                    socket.send_fds(other.control, [b"peer %d" % slot.index], [theirs.fileno()])
+                    socket.send_fds(other.control, [b"peer %d\n" % slot.index], [theirs.fileno()])
                 except OSError:
                     pass  # it is dying too; its own restart makes its pairs
                 theirs.close()
@@ -553,6 +625,8 @@ class Supervisor:
         was_ready = slot.ready
         slot.pid = 0
         slot.ready = False
+        slot.received = b""
+        self.nicks.forget(slot.index)  # its clients are gone, and their nicks are free
         if slot.control is not None:
             slot.control.close()
             slot.control = None
@@ -598,15 +672,30 @@ class Supervisor:
                 continue
             while True:
                 try:
-                    data = sock.recv(64, socket.MSG_DONTWAIT)
+                    data = sock.recv(4096, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 except OSError:
                     data = b""
                 if not data:
                     break  # it exited: _reap collects it
-                if data == b"ready" and not slot.ready:
-                    slot.ready = True
+                *lines, slot.received = (slot.received + data).split(b"\n")
+                for line in lines:
+                    self._control_line(slot, sock, line.split())
+
+    def _control_line(self, slot: _Slot, sock: socket.socket, words: list[bytes]) -> None:
+        """One line from worker `slot`: ready, or a question or a release of a nick."""
+        match words:
+            case [b"ready"]:
+                slot.ready = True
+            case [b"nick?", token, key]:
+                granted = self.nicks.claim(key, slot.index)
+                try:
+                    sock.sendall(b"nick! %s %d\n" % (token, granted))
+                except OSError:
+                    pass  # it is exiting: _reap collects it
+            case [b"nick-", key]:
+                self.nicks.release(key, slot.index)
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
