@@ -27,7 +27,7 @@ from rat.chat.text import (
     fold,
     name_problem,
 )
-from rat.cluster.workers import NickTable
+from rat.cluster.workers import NickTable, Roster
 from rat.hub import DEFAULT_ROOM, Hub, Room
 
 
@@ -678,34 +678,50 @@ def test_history_and_live_meet_without_loss_or_duplicates(size: int, script: lis
 
 
 class WorkerRegistry:
-    """A worker's `NickRegistry` on the supervisor's table, answering when told to."""
+    """A worker's `NickRegistry` on the supervisor's tables, answering when told to."""
 
-    def __init__(self, table: NickTable, slot: int) -> None:
+    def __init__(self, table: NickTable, roster: Roster, slot: int) -> None:
         self.table = table
+        self.roster = roster
         self.slot = slot
-        self.questions: list[tuple[str, Callable[[bool], None]]] = []
+        self.questions: list[Callable[[], None]] = []
         self.asked: list[str] = []
         self.released: list[str] = []
 
     def claim(self, key: str, answer: Callable[[bool], None]) -> None:
         self.asked.append(key)
-        self.questions.append((key, answer))
+        self.questions.append(lambda: answer(self.table.claim(key.encode(), self.slot)))
 
     def release(self, key: str) -> None:
         self.released.append(key)
         self.table.release(key.encode(), self.slot)
 
+    def entered(self, room: str, nick: str) -> None:
+        self.roster.entered(self.slot, room.encode(), nick.encode())
+
+    def left(self, room: str, nick: str) -> None:
+        self.roster.left(self.slot, room.encode(), nick.encode())
+
+    def who(self, room: str, answer: Callable[[list[str]], None]) -> None:
+        self.questions.append(
+            lambda: answer([nick.decode() for nick in self.roster.who(room.encode())])
+        )
+
+    def rooms(self, answer: Callable[[dict[str, int]], None]) -> None:
+        self.questions.append(
+            lambda: answer({room.decode(): n for room, n in self.roster.counts().items()})
+        )
+
     def answer(self) -> None:
-        """The supervisor answers every question asked so far, in order."""
-        questions, self.questions = self.questions, []
-        for key, answer in questions:
-            answer(self.table.claim(key.encode(), self.slot))
+        """The supervisor answers every question, in order (and those its answers lead to)."""
+        while self.questions:
+            self.questions.pop(0)()
 
 
 def workers(count: int = 2) -> tuple[NickTable, list[Harness], list[WorkerRegistry]]:
-    table = NickTable()
+    table, roster = NickTable(), Roster()
     harnesses = [Harness(guests=(slot, count)) for slot in range(1, count + 1)]
-    registries = [WorkerRegistry(table, slot) for slot in range(1, count + 1)]
+    registries = [WorkerRegistry(table, roster, slot) for slot in range(1, count + 1)]
     for harness, registry in zip(harnesses, registries, strict=True):
         harness.chat.registry = registry
     return table, harnesses, registries
@@ -802,6 +818,44 @@ def test_input_held_past_its_bound_closes_the_client_with_a_reason() -> None:
     assert alice.lines()[-1].startswith(b"ERR more than")
 
 
+def test_who_and_rooms_count_every_worker() -> None:
+    _, (one, two), (first, second) = workers()
+    (alice, bob) = greeted(one, 2)
+    (carol,) = greeted(two, 1)
+    two.turn(carol, b"/join #ops")
+    one.turn(bob, b"/join #ops")
+    for client in (alice, bob, carol):
+        client.take()
+    one.turn(alice, b"/who", b"/rooms", b"hi")
+    assert alice.take() == []  # held until the supervisor answers
+    first.answer()
+    one.deliver()
+    assert alice.take() == [b"* 1 in #lobby: guest1", b"* #lobby 1", b"* #ops 2"]
+    two.turn(carol, b"/who")
+    second.answer()
+    assert carol.take() == [b"* 2 in #ops: guest3 guest2"]
+    one.chat.disconnect(bob)
+    two.turn(carol, b"/who")
+    second.answer()
+    assert carol.take()[-1] == b"* 1 in #ops: guest2"
+
+
+def test_the_roster_follows_joins_leaves_and_a_dead_worker() -> None:
+    roster = Roster()
+    roster.entered(1, b"#lobby", b"alice")
+    roster.entered(2, b"#lobby", b"bob")
+    roster.entered(2, b"#ops", b"carol")
+    assert roster.who(b"#lobby") == [b"alice", b"bob"]
+    assert roster.counts() == {b"#lobby": 2, b"#ops": 1}
+    roster.left(2, b"#ops", b"carol")
+    roster.left(1, b"#ops", b"nobody")  # harmless
+    assert roster.counts() == {b"#lobby": 2}
+    roster.forget(1)
+    assert roster.who(b"#lobby") == [b"bob"]
+    roster.forget(2)
+    assert roster.rooms == {}
+
+
 def test_the_supervisor_table_frees_a_dead_worker_s_nicks() -> None:
     table = NickTable()
     assert table.claim(b"alice", 1) and table.claim(b"bob", 1) and table.claim(b"carol", 2)
@@ -821,6 +875,8 @@ cross_ops = st.lists(
         st.tuples(st.just("answer"), st.integers(0, 1), st.just("")),
         st.tuples(st.just("drop"), st.integers(0, 5), st.just("")),
         st.tuples(st.just("connect"), st.integers(0, 1), st.just("")),
+        st.tuples(st.just("join"), st.integers(0, 5), st.sampled_from(["#lobby", "#x"])),
+        st.tuples(st.just("who"), st.integers(0, 5), st.sampled_from(["/who", "/rooms"])),
     ),
     max_size=60,
 )
@@ -847,6 +903,10 @@ def test_nicks_are_unique_across_workers_whatever_the_order_of_answers(
                 harnesses[worker].send(client, f"/nick {name}".encode())
             elif kind == "say":
                 harnesses[worker].send(client, b"hi")
+            elif kind == "join":
+                harnesses[worker].send(client, f"/join {name}".encode())
+            elif kind == "who":
+                harnesses[worker].send(client, name.encode())
             else:
                 harnesses[worker].chat.disconnect(client)
                 client.closed = client.closed or "reset"
@@ -856,3 +916,12 @@ def test_nicks_are_unique_across_workers_whatever_the_order_of_answers(
         registry.answer()
     connected = [fold(client.nick) for _, client in clients if client.session is not None]
     assert len(connected) == len(set(connected)), connected
+    # The supervisor's roster is exactly who is where, on both workers.
+    actual: dict[str, set[str]] = {}
+    for _, client in clients:
+        if client.session is not None and client.room is not None:
+            actual.setdefault(client.room.name, set()).add(client.nick)
+    roster = registries[0].roster
+    assert {
+        room.decode(): {n.decode() for n in roster.who(room)} for room in roster.rooms
+    } == actual

@@ -222,12 +222,18 @@ def test_chat_guest_nicks_differ_across_workers(
     assert len(set(nicks)) == len(nicks), nicks
 
 
-def nick_reply(sock: socket.socket) -> bytes:
-    """The reply to this client's /nick (notices about other clients skipped)."""
+def reply_to(
+    sock: socket.socket, command: bytes, start: bytes | tuple[bytes, ...], count: int = 1
+) -> list[bytes]:
+    """Send `command`; its `count` reply lines, the first one starting with `start`.
+
+    Lines before it (notices about other clients) are skipped.
+    """
+    sock.sendall(command + b"\n")
     while True:
         line = recv_lines(sock, 1)[0]
-        if line.startswith((b"* you are now ", b"ERR ")):
-            return line
+        if line.startswith(start):
+            return [line, *recv_lines(sock, count - 1)] if count > 1 else [line]
 
 
 def test_chat_nicks_are_unique_across_workers(
@@ -237,22 +243,45 @@ def test_chat_nicks_are_unique_across_workers(
     pids = worker_pids(server)
     by_worker = clients_on_every_worker(server, pids, clients, each=1)
     (first,), (second,) = ([socks[0]] for socks in by_worker.values())
-    first.sendall(b"/nick alice\n")
-    assert nick_reply(first) == b"* you are now alice\n"
-    second.sendall(b"/nick ALICE\n")
-    assert nick_reply(second) == b"ERR nick ALICE is taken: choose another with /nick NAME\n"
-    first.sendall(b"/nick alicia\n")  # alice is free again, on every worker
-    assert nick_reply(first) == b"* you are now alicia\n"
-    second.sendall(b"/nick alice\n")
-    assert nick_reply(second) == b"* you are now alice\n"
+    answer = (b"* you are now ", b"ERR ")
+    assert reply_to(first, b"/nick alice", answer) == [b"* you are now alice\n"]
+    assert reply_to(second, b"/nick ALICE", answer) == [
+        b"ERR nick ALICE is taken: choose another with /nick NAME\n"
+    ]
+    # alice is free again, on every worker
+    assert reply_to(first, b"/nick alicia", answer) == [b"* you are now alicia\n"]
+    assert reply_to(second, b"/nick alice", answer) == [b"* you are now alice\n"]
     # A worker that dies takes its clients' nicks with it.
     os.kill(owner_of(first, server.port, pids), signal.SIGKILL)
     deadline = time.monotonic() + 15
-    while True:
-        second.sendall(b"/nick alicia\n")
-        if nick_reply(second) == b"* you are now alicia\n":
-            break
+    while reply_to(second, b"/nick alicia", answer) != [b"* you are now alicia\n"]:
         assert time.monotonic() < deadline, "alicia stayed taken after its worker died"
+        time.sleep(0.1)
+
+
+def test_chat_who_and_rooms_count_every_worker(
+    rat_server: StartServer, clients: list[socket.socket]
+) -> None:
+    server = rat_server("--workers", "2", "--chat")
+    pids = worker_pids(server)
+    by_worker = clients_on_every_worker(server, pids, clients, each=1)
+    (first,), (second,) = ([socks[0]] for socks in by_worker.values())
+    assert reply_to(first, b"/nick alice", b"* you are now") == [b"* you are now alice\n"]
+    assert reply_to(second, b"/nick bob", b"* you are now") == [b"* you are now bob\n"]
+    reply_to(second, b"/join #ops", b"* you joined #ops")
+    (who,) = reply_to(first, b"/who", b"* ")
+    assert re.fullmatch(rb"\* \d+ in #lobby: .*\n", who) and b"alice" in who, who
+    assert b"bob" not in who
+    rooms = reply_to(first, b"/rooms", b"* #lobby ", count=2)
+    assert rooms[1] == b"* #ops 1\n", rooms
+    assert reply_to(first, b"/join #ops", b"* you joined #ops")
+    (who,) = reply_to(second, b"/who", b"* 2 in #ops: ")
+    assert sorted(who.split(b": ")[1].split()) == [b"alice", b"bob"], who
+    # A worker that dies takes its clients out of every list.
+    os.kill(owner_of(first, server.port, pids), signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while reply_to(second, b"/who", b"* ") != [b"* 1 in #ops: bob\n"]:
+        assert time.monotonic() < deadline, "alice stayed in /who after her worker died"
         time.sleep(0.1)
 
 

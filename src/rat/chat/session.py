@@ -20,11 +20,12 @@ the tests drive it with fake clients and a real `Hub`.
 A client's state is its `ChatSession` (the connection's `session` slot:
 its nick, and the prefix that nick puts on messages) and its room (the
 connection's `room` slot, a `rat.hub.Room`).  Server-wide state is the set
-of nicks in use and the next guest number.  Under `--workers N` a nick is
-unique on the whole server: each worker counts its own guest numbers
-(worker k: k, k + N, ...), and a nick a client chooses is first asked of
-the supervisor's table (a `NickRegistry`), the client's input held until
-the answer.  Rooms are the hub's: created on
+of nicks in use and the next guest number.  Under `--workers N` the nicks
+and rooms are the whole server's: each worker counts its own guest numbers
+(worker k: k, k + N, ...), a nick a client chooses is first asked of the
+supervisor's tables (a `NickRegistry`), which also hear of every join and
+leave and answer `/who` and `/rooms`; while a client waits for an answer
+its input is held, and read after it.  Rooms are the hub's: created on
 first join, forgotten when the last member leaves (the lobby stays).
 
 The prefix is added once per message
@@ -121,17 +122,31 @@ HOLD_MAX = 1 << 20
 
 
 class NickRegistry(Protocol):
-    """Nicks held in other processes (`--workers`: the supervisor's table).
+    """Nicks and rooms across processes (`--workers`: the supervisor's tables).
 
     Chat mode asks it before a client takes a nick that another worker could
-    also hand out; guest nicks need no question (each worker counts its own).
+    also hand out (guest nicks need no question: each worker counts its
+    own), tells it who is in which room, and asks it for `/who` and `/rooms`.
+    Every `answer` is called later, once.
     """
 
     def claim(self, key: str, answer: Callable[[bool], None]) -> None:
-        """Ask for `key` (a folded nick); `answer(granted)` is called later, once."""
+        """Ask for `key` (a folded nick); `answer(granted)`."""
 
     def release(self, key: str) -> None:
         """`key`, granted before, is free again."""
+
+    def entered(self, room: str, nick: str) -> None:
+        """`nick` is in `room` now."""
+
+    def left(self, room: str, nick: str) -> None:
+        """`nick` is no longer in `room`."""
+
+    def who(self, room: str, answer: Callable[[list[str]], None]) -> None:
+        """The nicks in `room`, on every process."""
+
+    def rooms(self, answer: Callable[[dict[str, int]], None]) -> None:
+        """Every room with members, and how many, on every process."""
 
 
 class Client(Protocol):
@@ -399,13 +414,15 @@ class Chat:
         session.rename(nick)
         self._say(client, f"* you are now {nick}")
         room = client.room
+        if room is not None and self.registry is not None:
+            self.registry.left(room.name, old)
+            self.registry.entered(room.name, nick)
         if room is not None and len(room) > 1:
             self.hub.publish(client, f"* {old} is now {nick}\n".encode(), room)
 
     def _claimed(self, client: Client, session: ChatSession, nick: str, granted: bool) -> None:
         """The registry's answer to `client`'s /nick `nick`; then what it sent meanwhile."""
         key = fold(nick)
-        held, session.held = session.held, None
         if client.session is not session:  # it left while it waited
             self.nicks.discard(key)
             if granted and self.registry is not None:
@@ -416,7 +433,27 @@ class Chat:
         else:
             self.nicks.discard(key)
             self._error(client, f"nick {nick} is taken: choose another with /nick NAME")
-        if held:
+        self._resume(client, session)
+
+    def _wait(self, client: Client, session: ChatSession) -> Callable[[Callable[[], None]], None]:
+        """Hold `client`'s input until the registry answers; `then` runs with the answer.
+
+        Returns what the answer calls: it runs `then` (the reply), unless the
+        client has gone meanwhile, and reads what was held.
+        """
+        session.held = bytearray()
+
+        def answered(then: Callable[[], None]) -> None:
+            if client.session is session:
+                then()
+                self._resume(client, session)
+
+        return answered
+
+    def _resume(self, client: Client, session: ChatSession) -> None:
+        """The registry has answered: read what `client` sent meanwhile."""
+        held, session.held = session.held, None
+        if held and client.session is session:
             self.receive(client, bytes(held))
 
     def _hold(self, client: Client, session: ChatSession, block: bytes) -> None:
@@ -451,16 +488,28 @@ class Chat:
         self._enter(client, session, name, greeting=False)
 
     def _rooms(self, client: Client, session: ChatSession, args: str) -> None:
-        del session
-        if self._no_arguments(client, "rooms", args):
-            rooms = self.hub.rooms
-            names = [DEFAULT_ROOM, *sorted(name for name in rooms if name != DEFAULT_ROOM)]
-            self._say(client, *(f"* {name} {len(rooms[name])}" for name in names))
+        if not self._no_arguments(client, "rooms", args):
+            return
+        if self.registry is not None:  # every worker's rooms
+            answered = self._wait(client, session)
+            self.registry.rooms(lambda counts: answered(lambda: self._say_rooms(client, counts)))
+            return
+        self._say_rooms(client, {name: len(room) for name, room in self.hub.rooms.items()})
+
+    def _say_rooms(self, client: Client, counts: dict[str, int]) -> None:
+        names = [DEFAULT_ROOM, *sorted(name for name in counts if name != DEFAULT_ROOM)]
+        self._say(client, *(f"* {name} {counts.get(name, 0)}" for name in names))
 
     def _who(self, client: Client, session: ChatSession, args: str) -> None:
-        del session
         room = client.room
         if room is None or not self._no_arguments(client, "who", args):
+            return
+        if self.registry is not None:  # every worker's members
+            answered = self._wait(client, session)
+            name = room.name
+            self.registry.who(
+                name, lambda nicks: answered(lambda: self._say_who(client, name, nicks))
+            )
             return
         nicks = [
             member.session.nick
@@ -468,11 +517,16 @@ class Chat:
             for member in members
             if isinstance(member.session, ChatSession)
         ]
+        self._say_who(client, room.name, nicks)
+
+    def _say_who(self, client: Client, name: str, nicks: list[str]) -> None:
         lines = [
             " ".join(nicks[start : start + WHO_PER_LINE])
             for start in range(0, len(nicks), WHO_PER_LINE)
         ]
-        lines[0] = f"{len(nicks)} in {room.name}: {lines[0]}"
+        if not lines:  # (a member asks, so only a registry that lost track gives none)
+            lines = [""]
+        lines[0] = f"{len(nicks)} in {name}: {lines[0]}"
         self._say(client, *(f"* {line}" for line in lines))
 
     def _me(self, client: Client, session: ChatSession, args: str) -> None:
@@ -515,6 +569,8 @@ class Chat:
         room = hub.room(name)  # looked up after the delivery, which may forget rooms
         client.room = room
         hub.join(client, room, layered=client.layered)
+        if self.registry is not None:
+            self.registry.entered(name, session.nick)
         members = len(room)
         if greeting:
             head = (
@@ -541,6 +597,8 @@ class Chat:
             self.hub.publish(client, f"* {session.nick} left {room.name}\n".encode(), room)
         self.hub.leave(client, room)  # forgets the room (and its ring) if it is now empty
         client.room = None
+        if self.registry is not None:
+            self.registry.left(room.name, session.nick)
 
     def _recent(self, ring: deque[bytes]) -> list[bytes]:
         """The ring's messages, oldest first, at most `history_budget` bytes of the newest."""

@@ -49,13 +49,16 @@ the workers', after every worker is listening.
 
 Control sockets.  Each worker has a Unix stream socket to the supervisor,
 carrying lines: `ready` (worker to supervisor), `peer N` with a socket
-attached (a restarted worker's new mesh end), and chat mode's nick table.
-In chat mode a nick is unique on the whole server, not per worker: the
+attached (a restarted worker's new mesh end), and chat mode's tables.  In
+chat mode nicks and rooms are the whole server's, not a worker's: the
 supervisor, which outlives any worker, keeps which worker holds each nick a
-client chose (`NickTable`).  A worker asks `nick? TOKEN NICK` before a client
-takes one and gets `nick! TOKEN 1` (granted) or `0` (taken); `nick- NICK`
-frees one; a worker that dies frees all of its own.  Guest nicks need no
-question: worker k of N hands out guest<k>, guest<k+N>, ...
+client chose (`NickTable`) and who is in which room (`Roster`).  A worker
+asks `nick? TOKEN NICK` before a client takes a nick (`answer TOKEN 1`:
+granted, `0`: taken) and frees one with `nick- NICK`; it reports `in ROOM
+NICK` and `out ROOM NICK`; `who? TOKEN ROOM` and `rooms? TOKEN` get
+`answer TOKEN` and the nicks, or the rooms with their counts.  A worker
+that dies takes its entries with it.  Guest nicks need no question: worker
+k of N hands out guest<k>, guest<k+N>, ...
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ from rat.cluster.backplane import Backplane, Outgoing
 from rat.cluster.message import new_origin
 from rat.cluster.stream import Stream
 from rat.loop import Loop
-from rat.poller import READABLE, make_poller
+from rat.poller import HANGUP, READABLE, WRITABLE, make_poller
 
 if TYPE_CHECKING:
     from rat.config import Config
@@ -226,26 +229,85 @@ class NickTable:
             del self.holder[key]
 
 
-class WorkerNicks:
-    """A worker's side of the nick table (a `rat.chat.session.NickRegistry`)."""
+class Roster:
+    """The supervisor's record of who is in which room, on which worker (pure)."""
+
+    def __init__(self) -> None:
+        # room -> worker slot -> its members' nicks, in the order they came
+        self.rooms: dict[bytes, dict[int, dict[bytes, None]]] = {}
+
+    def entered(self, slot: int, room: bytes, nick: bytes) -> None:
+        self.rooms.setdefault(room, {}).setdefault(slot, {})[nick] = None
+
+    def left(self, slot: int, room: bytes, nick: bytes) -> None:
+        workers = self.rooms.get(room, {})
+        members = workers.get(slot, {})
+        members.pop(nick, None)
+        if not members:
+            workers.pop(slot, None)
+            if not workers:
+                self.rooms.pop(room, None)
+
+    def who(self, room: bytes) -> list[bytes]:
+        workers = self.rooms.get(room, {})
+        return [nick for slot in sorted(workers) for nick in workers[slot]]
+
+    def counts(self) -> dict[bytes, int]:
+        return {
+            room: sum(len(members) for members in workers.values())
+            for room, workers in self.rooms.items()
+        }
+
+    def forget(self, slot: int) -> None:
+        """Worker `slot` is gone, and its clients with it."""
+        for room in list(self.rooms):
+            workers = self.rooms[room]
+            workers.pop(slot, None)
+            if not workers:
+                del self.rooms[room]
+
+
+class ChatDirectory:
+    """A worker's side of the supervisor's tables (a `rat.chat.session.NickRegistry`)."""
 
     def __init__(self, send: Callable[[bytes], None]) -> None:
         self.send = send
-        self.waiting: dict[int, Callable[[bool], None]] = {}
+        self.waiting: dict[int, Callable[[list[bytes]], None]] = {}
         self._tokens = itertools.count(1)
 
-    def claim(self, key: str, answer: Callable[[bool], None]) -> None:
+    def _ask(self, question: bytes, answer: Callable[[list[bytes]], None]) -> None:
         token = next(self._tokens)
         self.waiting[token] = answer
-        self.send(b"nick? %d %s\n" % (token, key.encode()))
+        self.send(question % token)
+
+    def claim(self, key: str, answer: Callable[[bool], None]) -> None:
+        self._ask(b"nick? %%d %s\n" % key.encode(), lambda words: answer(words == [b"1"]))
 
     def release(self, key: str) -> None:
         self.send(b"nick- %s\n" % key.encode())
 
-    def answered(self, token: int, granted: bool) -> None:
+    def entered(self, room: str, nick: str) -> None:
+        self.send(b"in %s %s\n" % (room.encode(), nick.encode()))
+
+    def left(self, room: str, nick: str) -> None:
+        self.send(b"out %s %s\n" % (room.encode(), nick.encode()))
+
+    def who(self, room: str, answer: Callable[[list[str]], None]) -> None:
+        self._ask(
+            b"who? %%d %s\n" % room.encode(),
+            lambda words: answer([word.decode() for word in words]),
+        )
+
+    def rooms(self, answer: Callable[[dict[str, int]], None]) -> None:
+        def counts(words: list[bytes]) -> None:
+            answer({words[i].decode(): int(words[i + 1]) for i in range(0, len(words) - 1, 2)})
+
+        self._ask(b"rooms? %d\n", counts)
+
+    def answered(self, token: int, words: list[bytes]) -> None:
         answer = self.waiting.pop(token, None)
         if answer is not None:
-            answer(granted)
+            answer(words)
 
 
 class ControlChannel:
@@ -262,9 +324,11 @@ class ControlChannel:
         self.sock = sock
         self.on_peer = on_peer
         self.on_orphaned = on_orphaned
-        self.nicks: WorkerNicks | None = None  # chat mode: answers to its claims
-        self._buffer = b""
+        self.directory: ChatDirectory | None = None  # chat mode: answers to its questions
+        self._buffer = bytearray()
         self._fds: list[int] = []  # received with a `peer N` line, not yet matched
+        self._out = bytearray()  # lines the kernel has not taken yet
+        self._interest = READABLE
         sock.setblocking(False)
         loop.add(sock.fileno(), self, READABLE)
 
@@ -272,7 +336,10 @@ class ControlChannel:
         return "supervisor"
 
     def on_event(self, mask: int) -> None:
-        del mask
+        if mask & WRITABLE:
+            self._flush()
+        if not mask & (READABLE | HANGUP):
+            return
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self.sock, 4096, 4)
@@ -288,22 +355,40 @@ class ControlChannel:
                 self.on_orphaned()
                 return
             self._fds += fds
-            *lines, self._buffer = (self._buffer + data).split(b"\n")
-            for line in lines:
-                self._line(line.split())
+            self._buffer += data
+            if b"\n" in data:
+                *lines, rest = self._buffer.split(b"\n")
+                self._buffer = rest
+                for line in lines:
+                    self._line(bytes(line).split())
 
     def _line(self, words: list[bytes]) -> None:
         match words:
             case [b"peer", slot] if slot.isdigit() and self._fds:
                 self.on_peer(int(slot), socket.socket(fileno=self._fds.pop(0)))
-            case [b"nick!", token, granted] if token.isdigit() and self.nicks is not None:
-                self.nicks.answered(int(token), granted == b"1")
+            case [b"answer", token, *words] if token.isdigit() and self.directory is not None:
+                self.directory.answered(int(token), words)
 
     def send(self, message: bytes) -> None:
-        try:
-            self.sock.send(message)
-        except OSError:
-            pass  # the supervisor is gone: on_event will see EOF
+        """Queue one line (or several) for the supervisor; send what the kernel takes."""
+        self._out += message
+        if not self._interest & WRITABLE:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._out:
+            try:
+                sent = self.sock.send(self._out)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._out.clear()  # the supervisor is gone: on_event will see EOF
+                break
+            del self._out[:sent]
+        interest = READABLE | (WRITABLE if self._out else 0)
+        if interest != self._interest:
+            self._interest = interest
+            self.loop.modify(self.sock.fileno(), interest)
 
 
 # -------------------------------------------------------------- the worker
@@ -360,7 +445,7 @@ def _worker_main(
     # features do not import each other): its nicks are asked of the supervisor.
     chat = getattr(server, "chat", None) if config.chat else None
     if chat is not None:
-        channel.nicks = chat.registry = WorkerNicks(channel.send)
+        channel.directory = chat.registry = ChatDirectory(channel.send)
 
     def ready() -> None:
         log.info("serving %s (pid %d)", ", ".join(server.addresses), os.getpid())
@@ -405,6 +490,7 @@ class Supervisor:
         self.held = held  # the bound, not listening, sockets that keep the port
         self.slots = [_Slot(i + 1) for i in range(config.workers)]
         self.nicks = NickTable()  # chat mode: which worker holds each chosen nick
+        self.roster = Roster()  # chat mode: who is in which room
         self.stopping = False
         self._stop_signals = 0
         self.signals: list[int] = []
@@ -627,6 +713,7 @@ class Supervisor:
         slot.ready = False
         slot.received = b""
         self.nicks.forget(slot.index)  # its clients are gone, and their nicks are free
+        self.roster.forget(slot.index)
         if slot.control is not None:
             slot.control.close()
             slot.control = None
@@ -685,17 +772,28 @@ class Supervisor:
 
     def _control_line(self, slot: _Slot, sock: socket.socket, words: list[bytes]) -> None:
         """One line from worker `slot`: ready, or a question or a release of a nick."""
+        answer: list[bytes] | None = None
         match words:
             case [b"ready"]:
                 slot.ready = True
             case [b"nick?", token, key]:
-                granted = self.nicks.claim(key, slot.index)
-                try:
-                    sock.sendall(b"nick! %s %d\n" % (token, granted))
-                except OSError:
-                    pass  # it is exiting: _reap collects it
+                answer = [token, b"1" if self.nicks.claim(key, slot.index) else b"0"]
             case [b"nick-", key]:
                 self.nicks.release(key, slot.index)
+            case [b"in", room, nick]:
+                self.roster.entered(slot.index, room, nick)
+            case [b"out", room, nick]:
+                self.roster.left(slot.index, room, nick)
+            case [b"who?", token, room]:
+                answer = [token, *self.roster.who(room)]
+            case [b"rooms?", token]:
+                counts = self.roster.counts().items()
+                answer = [token, *(word for room, n in counts for word in (room, b"%d" % n))]
+        if answer is not None:
+            try:
+                sock.sendall(b"answer " + b" ".join(answer) + b"\n")
+            except OSError:
+                pass  # it is exiting: _reap collects it
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
