@@ -99,6 +99,15 @@ RESTART_CAP = 5.0
 PEER_OUTPUT_LIMIT = 8 * 1024 * 1024  # bytes queued for one peer worker before turns are dropped
 MAX_FRAME = 64 * 1024 * 1024  # a longer length prefix means the stream is broken
 _LENGTH = struct.Struct("!I")
+# What the supervisor handles (a worker gets the defaults back before its own).
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 # app.build_server: (config, log sink, reuse_port) -> (server, descriptor limit, admin)
 # or an exit code (no admin endpoint with --workers: the command line refuses it)
@@ -366,8 +375,8 @@ class ControlChannel:
         match words:
             case [b"peer", slot] if slot.isdigit() and self._fds:
                 self.on_peer(int(slot), socket.socket(fileno=self._fds.pop(0)))
-            case [b"answer", token, *words] if token.isdigit() and self.directory is not None:
-                self.directory.answered(int(token), words)
+            case [b"answer", token, *answer] if token.isdigit() and self.directory is not None:
+                self.directory.answered(int(token), answer)
 
     def send(self, message: bytes) -> None:
         """Queue one line (or several) for the supervisor; send what the kernel takes."""
@@ -502,15 +511,7 @@ class Supervisor:
 
     def run(self, announce_line: Callable[[list[int]], None]) -> int:
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        handled = (
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGHUP,
-            signal.SIGCHLD,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-        )
-        old = {sig: signal.signal(sig, self._record) for sig in handled}
+        old = {sig: signal.signal(sig, self._record) for sig in HANDLED_SIGNALS}
         announced = False
         try:
             self._start_all()
@@ -643,20 +644,28 @@ class Supervisor:
         peers: dict[int, socket.socket],
         others: dict[int, dict[int, socket.socket]],
     ) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # A stream of lines: an answer to /who can be longer than any one packet.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         _drain_logs()
+        # The child must not run the supervisor's signal handlers (it would
+        # record a SIGTERM in its copy of them and serve on, unstopped, with
+        # the supervisor waiting for it): the signals wait, blocked, until
+        # `_forget_in_child` has given it the default ones back.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 70
             try:
                 ours.close()
                 self._forget_in_child(slot, peers, others)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
                 code = _worker_main(self.config, slot.index, theirs, peers, self.build)
             except BaseException:  # a bug: say where, then exit (never return into the parent)
                 traceback.print_exc()
             finally:
                 _drain_logs()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         theirs.close()
         slot.pid = pid
         slot.control = ours
@@ -673,8 +682,9 @@ class Supervisor:
         """In a new worker: drop what belongs to the supervisor and to other workers."""
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
+        for sig in HANDLED_SIGNALS:  # until the worker's loop installs its own
+            ignored = sig in (signal.SIGUSR1, signal.SIGUSR2)  # (rat ignores them)
+            signal.signal(sig, signal.SIG_IGN if ignored else signal.SIG_DFL)
         self._wake_r.close()
         self._wake_w.close()
         for sock in self.held:
@@ -771,7 +781,11 @@ class Supervisor:
                     self._control_line(slot, sock, line.split())
 
     def _control_line(self, slot: _Slot, sock: socket.socket, words: list[bytes]) -> None:
-        """One line from worker `slot`: ready, or a question or a release of a nick."""
+        """One line from worker `slot`: ready, a change to the chat tables, or a question.
+
+        A question is answered at once, on the same socket, so a worker's
+        changes and questions are seen in the order it sent them.
+        """
         answer: list[bytes] | None = None
         match words:
             case [b"ready"]:
