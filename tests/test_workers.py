@@ -282,6 +282,26 @@ def test_chat_who_and_rooms_count_every_worker(
         time.sleep(0.1)
 
 
+def test_chat_who_lists_hundreds_of_clients_across_workers(
+    rat_server: StartServer, clients: list[socket.socket]
+) -> None:
+    # 600 guest nicks: the supervisor's answer is over 5 KiB, more than one read.
+    server = rat_server("--workers", "2", "--chat")
+    clients += [server.connect() for _ in range(600)]
+    probe = clients[0]
+    deadline = time.monotonic() + 15
+    while True:
+        (head,) = reply_to(probe, b"/who", rb"\* \d+ in #lobby: ")
+        if head.startswith(b"* 600 in"):
+            break
+        assert time.monotonic() < deadline, head[:40]  # the last joins are still on their way
+        time.sleep(0.1)
+    rest = recv_lines(probe, 600 // 50 - 1)  # 50 nicks a line
+    nicks = head.split(b": ", 1)[1].split() + [n for line in rest for n in line[2:].split()]
+    assert len(set(nicks)) == 600, nicks[:5]  # (which guest numbers: how the kernel spread them)
+    assert all(re.fullmatch(rb"guest\d+", nick) for nick in nicks)
+
+
 def test_workers_stop_when_the_supervisor_is_killed(
     rat_server: StartServer, clients: list[socket.socket]
 ) -> None:

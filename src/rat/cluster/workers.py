@@ -763,13 +763,21 @@ class Supervisor:
                 self._restart(slot)
 
     def _read_controls(self) -> None:
+        """Read every worker's lines; apply the changes, then answer the questions.
+
+        Changes first: a question may follow, in time, a change another
+        worker sent before it (bob's worker reports that he left #lobby, he
+        sees that he joined #ops, alice asks /who in #lobby): both are in
+        the sockets by now, and the answer must not predate the change.
+        """
+        questions: list[tuple[_Slot, socket.socket, list[bytes]]] = []
         for slot in self.slots:
             sock = slot.control
             if sock is None:
                 continue
             while True:
                 try:
-                    data = sock.recv(4096, socket.MSG_DONTWAIT)
+                    data = sock.recv(65536, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 except OSError:
@@ -778,36 +786,42 @@ class Supervisor:
                     break  # it exited: _reap collects it
                 *lines, slot.received = (slot.received + data).split(b"\n")
                 for line in lines:
-                    self._control_line(slot, sock, line.split())
+                    words = line.split()
+                    if words[:1] in ([b"nick?"], [b"who?"], [b"rooms?"]):
+                        questions.append((slot, sock, words))
+                    else:
+                        self._control_change(slot, words)
+        for slot, sock, words in questions:
+            self._control_answer(slot, sock, words)
 
-    def _control_line(self, slot: _Slot, sock: socket.socket, words: list[bytes]) -> None:
-        """One line from worker `slot`: ready, a change to the chat tables, or a question.
-
-        A question is answered at once, on the same socket, so a worker's
-        changes and questions are seen in the order it sent them.
-        """
-        answer: list[bytes] | None = None
+    def _control_change(self, slot: _Slot, words: list[bytes]) -> None:
+        """A line from worker `slot` that needs no answer: ready, or a change to a chat table."""
         match words:
             case [b"ready"]:
                 slot.ready = True
-            case [b"nick?", token, key]:
-                answer = [token, b"1" if self.nicks.claim(key, slot.index) else b"0"]
             case [b"nick-", key]:
                 self.nicks.release(key, slot.index)
             case [b"in", room, nick]:
                 self.roster.entered(slot.index, room, nick)
             case [b"out", room, nick]:
                 self.roster.left(slot.index, room, nick)
+
+    def _control_answer(self, slot: _Slot, sock: socket.socket, words: list[bytes]) -> None:
+        """A question from worker `slot`, answered on its socket."""
+        match words:
+            case [b"nick?", token, key]:
+                answer = [token, b"1" if self.nicks.claim(key, slot.index) else b"0"]
             case [b"who?", token, room]:
                 answer = [token, *self.roster.who(room)]
             case [b"rooms?", token]:
                 counts = self.roster.counts().items()
                 answer = [token, *(word for room, n in counts for word in (room, b"%d" % n))]
-        if answer is not None:
-            try:
-                sock.sendall(b"answer " + b" ".join(answer) + b"\n")
-            except OSError:
-                pass  # it is exiting: _reap collects it
+            case _:
+                return
+        try:
+            sock.sendall(b"answer " + b" ".join(answer) + b"\n")
+        except OSError:
+            pass  # it is exiting: _reap collects it
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
