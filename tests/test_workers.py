@@ -188,11 +188,18 @@ def test_workers_through_redis(
     assert_silent(first)
 
 
-def test_chat_rooms_span_workers(rat_server: StartServer, clients: list[socket.socket]) -> None:
+def chat_on_two_workers(
+    rat_server: StartServer, clients: list[socket.socket], each: int = 1
+) -> tuple[ServerProcess, list[int], list[list[socket.socket]]]:
+    """`rat serve --workers 2 --chat`, its worker PIDs, and `each` clients on each worker."""
     server = rat_server("--workers", "2", "--chat")
     pids = worker_pids(server)
-    by_worker = clients_on_every_worker(server, pids, clients, each=1)
-    first, second = (socks[0] for socks in by_worker.values())
+    return server, pids, list(clients_on_every_worker(server, pids, clients, each).values())
+
+
+def test_chat_rooms_span_workers(rat_server: StartServer, clients: list[socket.socket]) -> None:
+    _, _, on_each = chat_on_two_workers(rat_server, clients)
+    (first, *_), (second, *_) = on_each
     for sock in (first, second):
         sock.sendall(b"/join #ops\n")
     for sock in (first, second):
@@ -210,11 +217,9 @@ def test_chat_guest_nicks_differ_across_workers(
 ) -> None:
     # Each worker counts its own guest numbers (worker k of N: k, k + N, ...),
     # so two people on different workers are never both guest1.
-    server = rat_server("--workers", "2", "--chat")
-    pids = worker_pids(server)
-    by_worker = clients_on_every_worker(server, pids, clients, each=2)
+    _, _, on_each = chat_on_two_workers(rat_server, clients, each=2)
     nicks: list[bytes] = []
-    for sock in [sock for socks in by_worker.values() for sock in socks]:
+    for sock in [sock for socks in on_each for sock in socks]:
         greeting = recv_lines(sock, 1)[0]
         match = re.match(rb"\* welcome, you are (guest\d+) in #lobby", greeting)
         assert match, greeting
@@ -237,10 +242,8 @@ def reply_to(sock: socket.socket, command: bytes, start: bytes, count: int = 1) 
 def test_chat_nicks_are_unique_across_workers(
     rat_server: StartServer, clients: list[socket.socket]
 ) -> None:
-    server = rat_server("--workers", "2", "--chat")
-    pids = worker_pids(server)
-    by_worker = clients_on_every_worker(server, pids, clients, each=1)
-    (first,), (second,) = ([socks[0]] for socks in by_worker.values())
+    server, pids, on_each = chat_on_two_workers(rat_server, clients)
+    (first, *_), (second, *_) = on_each
     answer = rb"\* you are now |ERR "
     assert reply_to(first, b"/nick alice", answer) == [b"* you are now alice\n"]
     assert reply_to(second, b"/nick ALICE", answer) == [
@@ -260,10 +263,8 @@ def test_chat_nicks_are_unique_across_workers(
 def test_chat_who_and_rooms_count_every_worker(
     rat_server: StartServer, clients: list[socket.socket]
 ) -> None:
-    server = rat_server("--workers", "2", "--chat")
-    pids = worker_pids(server)
-    by_worker = clients_on_every_worker(server, pids, clients, each=1)
-    (first,), (second,) = ([socks[0]] for socks in by_worker.values())
+    server, pids, on_each = chat_on_two_workers(rat_server, clients)
+    (first, *_), (second, *_) = on_each
     assert reply_to(first, b"/nick alice", rb"\* you are") == [b"* you are now alice\n"]
     assert reply_to(second, b"/nick bob", rb"\* you are") == [b"* you are now bob\n"]
     reply_to(second, b"/join #ops", rb"\* you joined #ops")
