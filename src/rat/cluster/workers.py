@@ -81,9 +81,9 @@ from typing import TYPE_CHECKING, Any
 from rat.cluster.backoff import backoff_delay
 from rat.cluster.backplane import Backplane, Outgoing
 from rat.cluster.message import new_origin
-from rat.cluster.stream import Stream
+from rat.cluster.stream import READ_SIZE, Stream
 from rat.loop import Loop
-from rat.poller import HANGUP, READABLE, WRITABLE, make_poller
+from rat.poller import make_poller
 
 if TYPE_CHECKING:
     from rat.config import Config
@@ -319,8 +319,14 @@ class ChatDirectory:
             answer(words)
 
 
-class ControlChannel:
-    """A worker's end of its control socket: lines from the supervisor; EOF: it is gone."""
+class ControlChannel(Stream):
+    """A worker's end of its control socket: lines both ways; EOF: the supervisor is gone.
+
+    A `Stream` (its output queue and WRITABLE interest), read with `recv_fds`
+    because a `peer N` line comes with a socket attached.
+    """
+
+    __slots__ = ("_fds", "_lines", "directory", "on_orphaned", "on_peer")
 
     def __init__(
         self,
@@ -329,45 +335,30 @@ class ControlChannel:
         on_peer: Callable[[int, socket.socket], None],
         on_orphaned: Callable[[], None],
     ) -> None:
-        self.loop = loop
-        self.sock = sock
+        super().__init__(loop, sock, "supervisor")
         self.on_peer = on_peer
         self.on_orphaned = on_orphaned
         self.directory: ChatDirectory | None = None  # chat mode: answers to its questions
-        self._buffer = bytearray()
+        self._lines = bytearray()  # the start of a line
         self._fds: list[int] = []  # received with a `peer N` line, not yet matched
-        self._out = bytearray()  # lines the kernel has not taken yet
-        self._interest = READABLE
-        sock.setblocking(False)
-        loop.add(sock.fileno(), self, READABLE)
 
-    def describe(self) -> str:
-        return "supervisor"
-
-    def on_event(self, mask: int) -> None:
-        if mask & WRITABLE:
-            self._flush()
-        if not mask & (READABLE | HANGUP):
-            return
-        while True:
+    def read(self) -> None:
+        while not self.closed:
             try:
-                data, fds, _, _ = socket.recv_fds(self.sock, 4096, 4)
+                data, fds, _, _ = socket.recv_fds(self.sock, READ_SIZE, 4)
             except BlockingIOError:
                 return
-            except OSError:
-                data, fds = b"", []
-            if not data and not fds:
-                self.loop.remove(self.sock.fileno(), self)
-                for fd in self._fds:
-                    os.close(fd)
-                self._fds = []
-                self.on_orphaned()
+            except OSError as err:
+                self.lose(err.strerror or str(err))
                 return
             self._fds += fds
-            self._buffer += data
+            if not data:
+                self.lose("the supervisor closed its end")
+                return
+            self._lines += data
             if b"\n" in data:
-                *lines, rest = self._buffer.split(b"\n")
-                self._buffer = rest
+                *lines, rest = self._lines.split(b"\n")
+                self._lines = rest
                 for line in lines:
                     self._line(bytes(line).split())
 
@@ -379,25 +370,15 @@ class ControlChannel:
                 self.directory.answered(int(token), answer)
 
     def send(self, message: bytes) -> None:
-        """Queue one line (or several) for the supervisor; send what the kernel takes."""
-        self._out += message
-        if not self._interest & WRITABLE:
-            self._flush()
+        """Queue one line (or several) for the supervisor."""
+        self.queue([message])
 
-    def _flush(self) -> None:
-        while self._out:
-            try:
-                sent = self.sock.send(self._out)
-            except BlockingIOError:
-                break
-            except OSError:
-                self._out.clear()  # the supervisor is gone: on_event will see EOF
-                break
-            del self._out[:sent]
-        interest = READABLE | (WRITABLE if self._out else 0)
-        if interest != self._interest:
-            self._interest = interest
-            self.loop.modify(self.sock.fileno(), interest)
+    def on_lost(self, reason: str) -> None:
+        del reason
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        self.on_orphaned()
 
 
 # -------------------------------------------------------------- the worker
@@ -787,7 +768,7 @@ class Supervisor:
                 *lines, slot.received = (slot.received + data).split(b"\n")
                 for line in lines:
                     words = line.split()
-                    if words[:1] in ([b"nick?"], [b"who?"], [b"rooms?"]):
+                    if words and words[0].endswith(b"?"):  # nick?, who?, rooms?
                         questions.append((slot, sock, words))
                     else:
                         self._control_change(slot, words)
