@@ -116,7 +116,7 @@ HELP = (
 _COMMAND = re.compile(r"/(\S*)\s*(.*)", re.DOTALL)
 # A nick the guest counter can hand out: guest<N>, N without leading zeros.
 _GUEST = re.compile(r"guest([1-9][0-9]*)")
-# What a client may send while its /nick waits for another process's answer
+# What a client may send while a command waits for another process's answer
 # (held, then read as if it came after the answer; more than this closes it).
 HOLD_MAX = 1 << 20
 
@@ -177,7 +177,7 @@ class ChatSession:
     def __init__(self, nick: str) -> None:
         self.nick = nick
         self.prefix = b""
-        # Input that came while a /nick waits for the registry; None: no wait.
+        # Input that came while a command waits for the registry; None: no wait.
         self.held: bytearray | None = None
         self.rename(nick)
 
@@ -289,7 +289,7 @@ class Chat:
         room = client.room
         if not isinstance(session, ChatSession) or room is None:
             return  # closing: a last fragment after its leave
-        if session.held is not None:  # its /nick waits for the registry
+        if session.held is not None:  # it waits for the registry's answer
             self._hold(client, session, block)
             return
         prefix = session.prefix
@@ -332,7 +332,7 @@ class Chat:
                     self._command(client, session, text)
                     if client.session is not session or client.room is None:
                         return  # it quit, or a reply made it a slow consumer
-                    if session.held is not None:  # /nick asked the registry: wait
+                    if session.held is not None:  # the command asked the registry: wait
                         rest = raws[index + 1 :]
                         if rest:
                             self._hold(client, session, b"\n".join(rest) + b"\n")
@@ -398,8 +398,8 @@ class Chat:
         # Another worker could hand this nick out too: ask first.  It is kept
         # here meanwhile, and what the client sends is held until the answer.
         self.nicks.add(key)
-        session.held = bytearray()
-        registry.claim(key, lambda granted: self._claimed(client, session, nick, granted))
+        answered = self._wait(client, session)
+        registry.claim(key, lambda granted: self._claimed(client, session, nick, granted, answered))
 
     def _renamed(self, client: Client, session: ChatSession, nick: str) -> None:
         """`client` is `nick` from now on: the old nick is free, the room is told."""
@@ -420,51 +420,54 @@ class Chat:
         if room is not None and len(room) > 1:
             self.hub.publish(client, f"* {old} is now {nick}\n".encode(), room)
 
-    def _claimed(self, client: Client, session: ChatSession, nick: str, granted: bool) -> None:
-        """The registry's answer to `client`'s /nick `nick`; then what it sent meanwhile."""
+    def _claimed(
+        self,
+        client: Client,
+        session: ChatSession,
+        nick: str,
+        granted: bool,
+        answered: Callable[[Callable[[], None]], None],
+    ) -> None:
+        """The registry's answer to `client`'s /nick `nick`."""
         key = fold(nick)
-        if client.session is not session:  # it left while it waited
+        if not granted or client.session is not session:  # refused, or it left meanwhile
             self.nicks.discard(key)
             if granted and self.registry is not None:
                 self.registry.release(key)
-            return
-        if granted:
-            self._renamed(client, session, nick)
-        else:
-            self.nicks.discard(key)
-            self._error(client, f"nick {nick} is taken: choose another with /nick NAME")
-        self._resume(client, session)
+        taken = f"nick {nick} is taken: choose another with /nick NAME"
+        answered(
+            (lambda: self._renamed(client, session, nick))
+            if granted
+            else (lambda: self._error(client, taken))
+        )
 
     def _wait(self, client: Client, session: ChatSession) -> Callable[[Callable[[], None]], None]:
-        """Hold `client`'s input until the registry answers; `then` runs with the answer.
+        """Hold `client`'s input until the registry answers (`/nick`, `/who`, `/rooms`).
 
-        Returns what the answer calls: it runs `then` (the reply), unless the
-        client has gone meanwhile, and reads what was held.
+        Returns what the answer calls with the reply to give: unless the
+        client has gone meanwhile, it replies, then reads what was held.
         """
         session.held = bytearray()
 
-        def answered(then: Callable[[], None]) -> None:
-            if client.session is session:
-                then()
-                self._resume(client, session)
+        def answered(reply: Callable[[], None]) -> None:
+            if client.session is not session:
+                return
+            reply()
+            held, session.held = session.held, None
+            if held and client.session is session:
+                self.receive(client, bytes(held))
 
         return answered
 
-    def _resume(self, client: Client, session: ChatSession) -> None:
-        """The registry has answered: read what `client` sent meanwhile."""
-        held, session.held = session.held, None
-        if held and client.session is session:
-            self.receive(client, bytes(held))
-
     def _hold(self, client: Client, session: ChatSession, block: bytes) -> None:
-        """Keep `block` until `client`'s /nick is answered (a bounded wait)."""
+        """Keep `block` until the registry answers `client` (a bounded wait)."""
         held = session.held
         assert held is not None
         if len(held) + len(block) > HOLD_MAX:
             self.disconnect(client)
             client.close_gracefully(
                 "too_much_input",
-                b"ERR more than %d bytes sent while /nick was being checked\n" % HOLD_MAX,
+                b"ERR more than %d bytes sent while waiting for the server's answer\n" % HOLD_MAX,
             )
             return
         held += block
