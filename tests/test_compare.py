@@ -119,7 +119,7 @@ def test_groups_expand_to_their_scenarios() -> None:
     for group in compare.GROUPS.values():
         assert set(group.scenarios) <= names
     assert compare.expand(["rooms", "fanout-100", "rooms-raw"]) == (
-        ["rooms-raw", "rooms-chat", "idle-chat", "fanout-100"],
+        ["rooms-raw", "rooms-chat", "room-chat", "idle-chat", "fanout-100"],
         ["rooms"],
     )
     assert compare.expand(["tls", "admin"])[0] == ["chat-100", "fanout-100"]
@@ -304,4 +304,7 @@ def test_quick_group_run(tmp_path: Path) -> None:
     assert "rat-chat-c0" in raw["raw"]["rooms-chat"] and "rat-c0" in raw["raw"]["rooms-raw"]
     assert "coalescing off on both (limit 1.2x)" not in report  # the pair's suffix comes last
     assert "10 clients (limit 1.2x), coalescing off on both" in report
+    # chat mode's own cost: one room in chat mode against the same raw runs, no limit
+    assert raw["raw"]["room-chat"]["rat-chat"][0]["runs"][0]["proto"] == "line+chat"
+    assert "chat mode's own cost: rat --chat, one room of 10, vs raw rat, 10 clients |" in report
     assert "rat-chat" not in raw["raw"]["chat-100"]  # a scenario runs for its own groups' servers
