@@ -1343,7 +1343,16 @@ def group_targets(
                 pair = ((scen, chat_name), ("rooms-raw", raw_name))
                 for rate in map(int, figure(s, "rooms-raw", raw_name, "rates") or {}):
                     cpus = [figure(s, *side, "server_cpu", rate) for side in pair]
-                    if any(c is not None and c >= 0.95 for c in cpus):  # saturated: latency
+                    behind = [figure(s, *side, "stops_keeping_up_at") for side in pair]
+                    saturated = any(c is not None and c >= 0.95 for c in cpus)
+                    if not saturated and any(b is not None and rate >= b for b in behind):
+                        # Lines piled up in the generator, not in a busy server: the
+                        # figures measure the generator, so they decide nothing.
+                        load = " and ".join("-" if c is None else f"{c:.0%}" for c in cpus)
+                        rows.append((f"@ {rate:,}/s: {text}{how}", "not compared: the load"
+                                     f" fell behind with both servers below saturation ({load}"
+                                     " of a core)", None))  # fmt: skip
+                    elif saturated:  # latency
                         row(f"@ {rate:,}/s (saturated): p99, {text}{how}", "p99_us", *pair,
                             rate=rate, limit=bound)  # fmt: skip
                     else:

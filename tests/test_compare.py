@@ -308,3 +308,42 @@ def test_quick_group_run(tmp_path: Path) -> None:
     assert raw["raw"]["room-chat"]["rat-chat"][0]["runs"][0]["proto"] == "line+chat"
     assert "chat mode's own cost: rat --chat, one room of 10, vs raw rat, 10 clients |" in report
     assert "rat-chat" not in raw["raw"]["chat-100"]  # a scenario runs for its own groups' servers
+
+
+def test_rooms_targets_judge_each_rate_by_what_limited_it() -> None:
+    """Below saturation CPU per line, saturated p99, and no verdict where lines fell
+    behind with neither server busy (the generator's limit, not the servers')."""
+    compare = load_compare()
+
+    def sweep(behind: int | None, **rates: tuple[float, float, float]) -> dict[str, object]:
+        return {
+            "stops_keeping_up_at": behind,
+            "rates": {
+                r[1:]: {"server_cpu": cpu, "ns_per_delivered": ns, "p99_us": p99}
+                for r, (cpu, ns, p99) in rates.items()
+            },
+        }
+
+    s = {
+        "rooms-raw": {
+            "rat": sweep(
+                50000, r500=(0.1, 10_000, 400), r20000=(0.5, 2_000, 4_000), r50000=(0.4, 900, 2e6)
+            ),
+        },
+        "rooms-chat": {
+            "rat-chat": sweep(
+                50000, r500=(0.1, 11_000, 450), r20000=(0.97, 5_000, 4e4), r50000=(0.75, 1_800, 3e5)
+            ),
+        },
+        "idle-chat": {"rat-chat": {"rss_growth_kib": 0.7}},
+    }
+    rows = {name: (shown, ok) for name, shown, ok in compare.group_targets("rooms", s, {})}
+    text = compare.ROOMS_TEXT
+    assert rows[f"@ 500/s (below saturation): ns per line, {text}"] == (
+        "11,000 ns vs 10,000 ns: 1.10x",
+        True,
+    )
+    assert rows[f"@ 20,000/s (saturated): p99, {text}"] == ("40.00 ms vs 4.00 ms: 10.00x", False)
+    shown, ok = rows[f"@ 50,000/s: {text}"]
+    assert ok is None and shown.startswith("not compared") and "75% and 40%" in shown
+    assert rows["idle chat clients: RSS growth <= 1 KiB per connection"][1] is True
