@@ -1183,12 +1183,32 @@ def targets(s: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+def summary_of(s: dict[str, Any], scen: str, server: str) -> dict[str, Any]:
+    """One server's summary in one scenario ({} if not measured)."""
+    return (s.get(scen) or {}).get(server) or {}
+
+
 def figure(s: dict[str, Any], scen: str, server: str, key: str, rate: int | None = None) -> Any:
     """One median figure of the summary (a sweep's: at `rate`); None if not measured."""
-    r = (s.get(scen) or {}).get(server) or {}
+    r = summary_of(s, scen, server)
     if rate is not None:
         r = (r.get("rates") or {}).get(str(rate)) or {}
     return r.get(key)
+
+
+SATURATED = 0.95  # a server at this share of one core or more is saturated
+
+
+def saturated(r: dict[str, Any], rate: int) -> bool:
+    """One server's sweep summary: it ran a core at SATURATED or more at `rate`."""
+    cpu = ((r.get("rates") or {}).get(str(rate)) or {}).get("server_cpu")
+    return cpu is not None and cpu >= SATURATED
+
+
+def falling_behind(r: dict[str, Any], rate: int) -> bool:
+    """One server's sweep summary: at `rate` lines were lost or piled up (see `sweep_tables`)."""
+    stop = r.get("stops_keeping_up_at")
+    return stop is not None and rate >= stop
 
 
 def node_p99s(raw: dict[str, Any], scen: str, server: str, rate: int) -> list[Any]:
@@ -1342,19 +1362,18 @@ def group_targets(
             ):
                 pair = ((scen, chat_name), ("rooms-raw", raw_name))
                 for rate in map(int, figure(s, "rooms-raw", raw_name, "rates") or {}):
-                    cpus = [figure(s, *side, "server_cpu", rate) for side in pair]
-                    behind = [figure(s, *side, "stops_keeping_up_at") for side in pair]
-                    saturated = any(c is not None and c >= 0.95 for c in cpus)
-                    if not saturated and any(b is not None and rate >= b for b in behind):
-                        # Lines piled up in the generator, not in a busy server: the
-                        # figures measure the generator, so they decide nothing.
+                    sums = [summary_of(s, *side) for side in pair]
+                    if any(saturated(r, rate) for r in sums):  # compared on latency
+                        row(f"@ {rate:,}/s (saturated): p99, {text}{how}", "p99_us", *pair,
+                            rate=rate, limit=bound)  # fmt: skip
+                    elif any(falling_behind(r, rate) for r in sums):
+                        # Lines piled up with no server busy: the figures measure the
+                        # generator's limit, so they decide nothing between the servers.
+                        cpus = [figure(s, *side, "server_cpu", rate) for side in pair]
                         load = " and ".join("-" if c is None else f"{c:.0%}" for c in cpus)
                         rows.append((f"@ {rate:,}/s: {text}{how}", "not compared: the load"
                                      f" fell behind with both servers below saturation ({load}"
                                      " of a core)", None))  # fmt: skip
-                    elif saturated:  # latency
-                        row(f"@ {rate:,}/s (saturated): p99, {text}{how}", "p99_us", *pair,
-                            rate=rate, limit=bound)  # fmt: skip
                     else:
                         row(f"@ {rate:,}/s (below saturation): ns per line, {text}{how}",
                             "ns_per_delivered", *pair, rate=rate, limit=bound)  # fmt: skip
@@ -1625,9 +1644,9 @@ def sweep_tables(sc: Scenario, rows: dict[str, Any], names: list[str]) -> list[s
             continue
         for rate, m in r["rates"].items():
             flags = []
-            if m["server_cpu"] is not None and m["server_cpu"] >= 0.95:
+            if saturated(r, int(rate)):
                 flags.append("saturated")
-            if r["stops_keeping_up_at"] is not None and int(rate) >= r["stops_keeping_up_at"]:
+            if falling_behind(r, int(rate)):
                 flags.append("falling behind")
             if m["generator_bound"]:
                 flags.append("gen-bound")
@@ -1730,7 +1749,7 @@ def draw_chart(
         if key == "p99_us":
             ax.set_yscale("log")
         else:
-            ax.axhline(0.95, color="k", lw=0.8, ls="--")
+            ax.axhline(SATURATED, color="k", lw=0.8, ls="--")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:

@@ -17,8 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -315,26 +317,19 @@ def test_rooms_targets_judge_each_rate_by_what_limited_it() -> None:
     behind with neither server busy (the generator's limit, not the servers')."""
     compare = load_compare()
 
-    def sweep(behind: int | None, **rates: tuple[float, float, float]) -> dict[str, object]:
-        return {
-            "stops_keeping_up_at": behind,
-            "rates": {
-                r[1:]: {"server_cpu": cpu, "ns_per_delivered": ns, "p99_us": p99}
-                for r, (cpu, ns, p99) in rates.items()
-            },
+    def sweep(behind: int | None, rates: Mapping[int, tuple[float, ...]]) -> dict[str, Any]:
+        """A sweep's summary: where it fell behind; per rate (CPU, ns per line, p99 us)."""
+        per_rate = {
+            str(rate): {"server_cpu": cpu, "ns_per_delivered": ns, "p99_us": p99}
+            for rate, (cpu, ns, p99) in rates.items()
         }
+        return {"stops_keeping_up_at": behind, "rates": per_rate}
 
+    raw = {500: (0.1, 10_000, 400), 20_000: (0.5, 2_000, 4_000), 50_000: (0.4, 900, 2e6)}
+    chat = {500: (0.1, 11_000, 450), 20_000: (0.97, 5_000, 4e4), 50_000: (0.75, 1_800, 3e5)}
     s = {
-        "rooms-raw": {
-            "rat": sweep(
-                50000, r500=(0.1, 10_000, 400), r20000=(0.5, 2_000, 4_000), r50000=(0.4, 900, 2e6)
-            ),
-        },
-        "rooms-chat": {
-            "rat-chat": sweep(
-                50000, r500=(0.1, 11_000, 450), r20000=(0.97, 5_000, 4e4), r50000=(0.75, 1_800, 3e5)
-            ),
-        },
+        "rooms-raw": {"rat": sweep(50_000, raw)},
+        "rooms-chat": {"rat-chat": sweep(50_000, chat)},
         "idle-chat": {"rat-chat": {"rss_growth_kib": 0.7}},
     }
     rows = {name: (shown, ok) for name, shown, ok in compare.group_targets("rooms", s, {})}
